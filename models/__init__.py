@@ -1,0 +1,1 @@
+"""Anomaly models: training, persistence with integrity checks, and scoring handlers."""

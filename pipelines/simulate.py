@@ -1,0 +1,193 @@
+"""Fleet simulator (DESIGN section 6).
+
+Writes the device registry, backfills history straight into the landing table (Delta, one commit
+per simulated day) and the cold archive (Parquet), and/or streams live readings into Kafka at a
+given pace, as single readings and gateway batches. It injects labelled failure modes (acute,
+gradual) and data faults, and writes the ground truth to a separate JSON Lines file. The same
+--seed gives the same registry, readings, messages and ground truth.
+
+examples:
+  # 200 devices, 14 days of history at one reading per sensor per minute
+  python -m pipelines.simulate --devices 200 --backfill-days 14 --interval 60
+  # then 30 simulated minutes of live readings, 60x faster than real time
+  python -m pipelines.simulate --devices 200 --stream --stream-minutes 30 --acceleration 60
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import logging
+import sys
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipelines import cli
+from pipelines.simulation import fleet as fleet_mod
+from pipelines.simulation.backfill import backfill
+from pipelines.simulation.incidents import (ACUTE_MODES, DATA_FAULTS, GRADUAL_MODES, WIRE_FAULTS, PlanConfig,
+                                            plan_incidents, unknown_devices)
+from pipelines.simulation.stream import StreamConfig, stream
+from transforms import lake
+
+log = logging.getLogger("simulate")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m pipelines.simulate", description=__doc__,
+                                formatter_class=cli.HelpFormatter)
+    g = p.add_argument_group("fleet")
+    g.add_argument("--lake", default=lake.DEFAULT_LAKE, help="lake root (local path or s3://, gs://, abfss://)")
+    g.add_argument("--devices", type=int, default=200, help="number of registered devices")
+    g.add_argument("--devices-per-site", type=int, default=10, help="devices behind one gateway")
+    g.add_argument("--seed", type=int, default=7, help="random seed: same seed, same output")
+    g.add_argument("--interval", type=float, default=60.0,
+                   help="seconds between two readings of one sensor (simulated time)")
+    g.add_argument("--ground-truth", default=None,
+                   help="ground-truth JSON Lines file (default: <lake>/../ground_truth/<mode>.jsonl)")
+
+    g = p.add_argument_group("backfill (history straight into the lake)")
+    g.add_argument("--backfill-days", type=float, default=0, help="days of history to write (0: none)")
+    g.add_argument("--backfill-end", type=cli.utc_datetime, default=None,
+                   help="end of the history, UTC (default: today 00:00 UTC)")
+    g.add_argument("--archive-days", type=float, default=0,
+                   help="the oldest days of the history go to the Parquet archive instead of landing")
+
+    g = p.add_argument_group("stream (live readings into Kafka)")
+    g.add_argument("--stream", action="store_true", help="produce live readings to Kafka")
+    g.add_argument("--bootstrap-servers", default="127.0.0.1:9092", help="Kafka bootstrap servers")
+    g.add_argument("--topic", default="sensor.readings", help="Kafka topic for readings")
+    g.add_argument("--stream-start", type=cli.utc_datetime, default=None,
+                   help="simulated start time, UTC (default: now, to the second)")
+    g.add_argument("--stream-minutes", type=float, default=10.0, help="simulated minutes to produce")
+    g.add_argument("--acceleration", type=float, default=1.0,
+                   help="simulated seconds per wall-clock second (0: as fast as possible)")
+    g.add_argument("--rate", type=float, default=None,
+                   help="target readings/s; sets --acceleration from the fleet size and --interval")
+    g.add_argument("--batch-size", type=int, default=200, help="readings per gateway batch message (max 1000)")
+    g.add_argument("--single-fraction", type=float, default=0.2,
+                   help="share of devices sending single-reading messages instead of gateway batches")
+    g.add_argument("--wire-faults", type=int, default=1,
+                   help=f"messages per wire fault type to inject ({', '.join(WIRE_FAULTS)})")
+
+    g = p.add_argument_group("injected incidents")
+    g.add_argument("--acute-fraction", type=float, default=0.04,
+                   help=f"share of devices per acute mode ({', '.join(ACUTE_MODES)}), at least 1 each")
+    g.add_argument("--gradual-fraction", type=float, default=0.03,
+                   help=f"share of devices per gradual mode ({', '.join(GRADUAL_MODES)}); spans >= 1 day")
+    g.add_argument("--fault-fraction", type=float, default=0.02, help="share of devices per data fault")
+    g.add_argument("--unknown-devices", type=int, default=2, help="unregistered devices that send readings")
+    g.add_argument("--inactive-fraction", type=float, default=0.02, help="share of devices marked inactive")
+    g.add_argument("--mixed-unit-fraction", type=float, default=0.1,
+                   help="share of devices reporting in non-canonical units")
+    g.add_argument("--no-incidents", action="store_true", help="a healthy fleet with clean data")
+    g.add_argument("--acute-modes", default=",".join(ACUTE_MODES), help="acute modes to inject (comma list)")
+    g.add_argument("--data-faults", default="stuck_value,dropout,duplicates,replay,out_of_range,unknown_device",
+                   help=f"data faults to inject (comma list of {', '.join(DATA_FAULTS)})")
+    args = p.parse_args(argv)
+    if not args.backfill_days and not args.stream:
+        p.error("nothing to do: give --backfill-days N and/or --stream")
+    if not 1 <= args.batch_size <= 1000:
+        p.error("--batch-size must be between 1 and 1000 (the contract's batch limit)")
+    return args
+
+
+def _csv(text: str) -> tuple[str, ...]:
+    return tuple(x for x in text.split(",") if x)
+
+
+def write_registry(lake_root: str, registry: pa.Table) -> None:
+    current = lake.read(lake_root, "devices")
+    if current.num_rows and current.sort_by("device_id").equals(registry.sort_by("device_id")):
+        log.info("registry unchanged (%d devices)", registry.num_rows)
+        return
+    version = lake.overwrite(lake_root, "devices", registry)
+    log.info("registry written: %d devices, %d inactive (registry/devices v%d)",
+             registry.num_rows, registry.num_rows - sum(registry["active"].to_pylist()), version)
+
+
+def write_ground_truth(path: Path, incidents) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rows = sorted((i.to_json() for i in incidents), key=lambda r: (r["start"], r["device_id"], r["mode"]))
+    with path.open("w") as f:
+        for r in rows:
+            f.write(json.dumps(r, sort_keys=True) + "\n")
+    log.info("ground truth: %d incidents -> %s", len(rows), path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    cli.setup_logging()
+    args = parse_args(argv)
+    fleet = fleet_mod.make_fleet(args.devices, args.seed, args.devices_per_site,
+                                 inactive_fraction=0 if args.no_incidents else args.inactive_fraction,
+                                 mixed_unit_fraction=args.mixed_unit_fraction)
+    write_registry(args.lake, fleet_mod.registry_table(fleet))
+    faults = () if args.no_incidents else _csv(args.data_faults)
+    extra = unknown_devices(fleet, args.unknown_devices, args.seed) if "unknown_device" in faults else []
+    plan = PlanConfig(
+        acute_fraction=args.acute_fraction, gradual_fraction=args.gradual_fraction,
+        fault_fraction=args.fault_fraction, unknown_devices=len(extra),
+        acute_modes=() if args.no_incidents else _csv(args.acute_modes),
+        gradual_modes=() if args.no_incidents else tuple(GRADUAL_MODES),
+        data_faults=faults)
+    truth_dir = Path(args.lake).parent / "ground_truth"
+
+    if args.backfill_days:
+        end = args.backfill_end or dt.datetime.now(dt.timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0)
+        start = end - dt.timedelta(days=args.backfill_days)
+        incidents = plan_incidents(fleet, start, end, args.seed, args.interval, plan)
+        incidents += _unknown_device_incidents(extra, start, end)
+        log.info("backfill %s .. %s: %d devices (+%d unknown), %d incidents",
+                 start, end, len(fleet), len(extra), len(incidents))
+        archive_before = start + dt.timedelta(days=args.archive_days) if args.archive_days else None
+        res = backfill(args.lake, fleet + extra, incidents, start, end, args.interval, args.seed, archive_before)
+        log.info("backfill done: %d rows landed in %d commits (versions %s), %d archived, %d duplicates, %d replayed",
+                 res.landed_rows, len(res.commits), _span(res.commits), res.archived_rows,
+                 res.duplicate_rows, res.replayed_rows)
+        write_ground_truth(Path(args.ground_truth or truth_dir / "backfill.jsonl"), incidents)
+
+    if args.stream:
+        start = args.stream_start or dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
+        sim_seconds = args.stream_minutes * 60
+        end = start + dt.timedelta(seconds=sim_seconds)
+        incidents = plan_incidents(fleet, start, end, args.seed + 1, args.interval, plan)
+        incidents += _unknown_device_incidents(extra, start, end)
+        acceleration = args.acceleration
+        if args.rate:
+            per_sim_second = 5 * (len(fleet) + len(extra)) / args.interval
+            acceleration = args.rate / per_sim_second
+        cfg = StreamConfig(
+            bootstrap_servers=args.bootstrap_servers, topic=args.topic, start=start, sim_seconds=sim_seconds,
+            interval_s=args.interval, acceleration=acceleration, batch_size=args.batch_size,
+            single_fraction=args.single_fraction,
+            wire_faults={} if args.no_incidents else {f: args.wire_faults for f in WIRE_FAULTS})
+        log.info("stream %s .. %s to %s/%s at %.1fx real time: %d devices, %d incidents",
+                 start, end, args.bootstrap_servers, args.topic, acceleration, len(fleet) + len(extra), len(incidents))
+        res, wire_incidents = stream(fleet + extra, incidents, cfg, args.seed)
+        truth = Path(args.ground_truth or truth_dir / "stream.jsonl")
+        write_ground_truth(truth, incidents + wire_incidents)
+        produced = pa.table({"event_id": [p[0] for p in res.produced], "kind": [p[1] for p in res.produced],
+                             "expected_reason": pa.array([p[2] for p in res.produced], pa.string())})
+        pq.write_table(produced, truth.with_suffix(".produced.parquet"))
+        log.info("stream done: %d messages, %d readings in %.1f s (%.0f readings/s); produced ids -> %s",
+                 res.messages, res.readings, res.wall_seconds, res.readings / max(res.wall_seconds, 1e-9),
+                 truth.with_suffix(".produced.parquet"))
+        if res.delivery_errors:
+            log.error("%d delivery errors, first: %s", len(res.delivery_errors), res.delivery_errors[0])
+            return 1
+    return 0
+
+
+def _unknown_device_incidents(extra, start, end):
+    from pipelines.simulation.incidents import Incident
+    return [Incident("data_fault", "unknown_device", d.device_id, d.index, start, end) for d in extra]
+
+
+def _span(versions: list[int]) -> str:
+    return f"{versions[0]}..{versions[-1]}" if versions else "-"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

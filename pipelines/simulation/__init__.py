@@ -1,0 +1,1 @@
+"""The fleet simulator behind `python -m pipelines.simulate` (DESIGN section 6)."""

@@ -1,0 +1,1 @@
+"""Data contracts: pyarrow schemas, Beam row types, TFDV schemas and validation."""

@@ -1,0 +1,173 @@
+#!/usr/bin/env bash
+# Local services for development, tests and run_local.sh, all bound to 127.0.0.1:
+#   kafka  single-node KRaft broker from the Maven-resolved jars (jvm/pom.xml), topics created
+#   flink  Flink 1.20 JobManager + TaskManager from the assembled home (.cache/flink-*)
+# Usage: scripts/services.sh {start|stop|status|restart} [kafka|flink|all]   (default: all)
+# State and logs live under .run/ (FLEET_RUN_DIR): .run/logs/{kafka,flink}/, .run/kafka/data/.
+# start is idempotent (a healthy service is left alone); stop leaves no process behind.
+set -euo pipefail
+source "$(dirname "$0")/lib.sh"
+
+KAFKA_DIR="$RUN_DIR/kafka"
+KAFKA_PID="$KAFKA_DIR/kafka.pid"
+KAFKA_TOPICS="${KAFKA_TOPICS:-sensor.readings:4 sensor.alerts:1}"   # name:partitions
+FLINK_CONF="$RUN_DIR/flink/conf"
+FLINK_SLOTS="${FLINK_SLOTS:-4}"
+FLINK_TM_MEMORY="${FLINK_TM_MEMORY:-3g}"
+export FLINK_CONF_DIR="$FLINK_CONF" FLINK_LOG_DIR="$LOG_DIR/flink" FLINK_PID_DIR="$RUN_DIR/flink"
+
+pid_alive() { [[ -f $1 ]] && kill -0 "$(cat "$1")" 2>/dev/null; }
+
+kafka_java() { java -Xms256m -Xmx1g -cp "$JVM_DIR/kafka/*" "$@"; }
+
+kafka_healthy() { pid_alive "$KAFKA_PID" && port_open "$KAFKA_PORT"; }
+
+kafka_write_config() {
+  mkdir -p "$KAFKA_DIR/data" "$LOG_DIR/kafka"
+  cat > "$KAFKA_DIR/server.properties" <<PROPS
+process.roles=broker,controller
+node.id=1
+controller.quorum.voters=1@127.0.0.1:$KAFKA_CONTROLLER_PORT
+listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT,CONTROLLER://127.0.0.1:$KAFKA_CONTROLLER_PORT
+advertised.listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT
+controller.listener.names=CONTROLLER
+inter.broker.listener.name=PLAINTEXT
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
+log.dirs=$KAFKA_DIR/data
+num.partitions=1
+offsets.topic.replication.factor=1
+transaction.state.log.replication.factor=1
+transaction.state.log.min.isr=1
+share.coordinator.state.topic.replication.factor=1
+share.coordinator.state.topic.min.isr=1
+group.initial.rebalance.delay.ms=0
+auto.create.topics.enable=false
+message.max.bytes=2097152
+log.retention.hours=168
+# simulated fleets run ahead of (accelerated) or behind (replays, backfills) the wall clock
+log.message.timestamp.before.max.ms=9223372036854775807
+log.message.timestamp.after.max.ms=9223372036854775807
+PROPS
+}
+
+kafka_start() {
+  if kafka_healthy; then log "kafka already running on 127.0.0.1:$KAFKA_PORT"; return; fi
+  [[ -d $JVM_DIR/kafka ]] || die "Kafka jars missing: run scripts/setup.sh"
+  local t0=$SECONDS
+  kafka_write_config
+  if [[ ! -f $KAFKA_DIR/data/meta.properties ]]; then
+    kafka_java kafka.tools.StorageTool format -t "$(kafka_java kafka.tools.StorageTool random-uuid)" \
+      -c "$KAFKA_DIR/server.properties" >"$LOG_DIR/kafka/format.log" 2>&1
+  fi
+  nohup java -Xms512m -Xmx1g -XX:+UseG1GC -Dkafka.logs.dir="$LOG_DIR/kafka" \
+    -Dlog4j2.configurationFile="$PROJECT_ROOT/config/kafka-log4j2.properties" \
+    -cp "$JVM_DIR/kafka/*" kafka.Kafka "$KAFKA_DIR/server.properties" \
+    >"$LOG_DIR/kafka/stdout.log" 2>&1 &
+  echo $! > "$KAFKA_PID"
+  wait_for 60 "kafka broker" port_open "$KAFKA_PORT" || { tail -20 "$LOG_DIR/kafka/stdout.log" >&2; die "kafka did not start; see $LOG_DIR/kafka/"; }
+  local spec name parts
+  for spec in $KAFKA_TOPICS; do
+    name=${spec%%:*}; parts=${spec##*:}
+    kafka_java org.apache.kafka.tools.TopicCommand --bootstrap-server "127.0.0.1:$KAFKA_PORT" \
+      --create --if-not-exists --topic "$name" --partitions "$parts" --replication-factor 1 \
+      >>"$LOG_DIR/kafka/topics.log" 2>&1 || die "could not create topic $name; see $LOG_DIR/kafka/topics.log"
+  done
+  log "kafka up on 127.0.0.1:$KAFKA_PORT with topics: $KAFKA_TOPICS (start-up $((SECONDS - t0)) s, logs $LOG_DIR/kafka)"
+}
+
+# stop_pid <pidfile> <name>: SIGTERM, wait up to 30 s, then SIGKILL.
+stop_pid() {
+  local pidfile=$1 name=$2 pid
+  pid_alive "$pidfile" || { rm -f "$pidfile"; return 0; }
+  pid=$(cat "$pidfile")
+  kill "$pid" 2>/dev/null || true
+  for _ in $(seq 60); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
+  if kill -0 "$pid" 2>/dev/null; then log "$name did not stop in 30 s; killing"; kill -9 "$pid" 2>/dev/null || true; fi
+  rm -f "$pidfile"
+  log "$name stopped"
+}
+
+kafka_stop() { stop_pid "$KAFKA_PID" kafka; }
+
+kafka_status() {
+  if kafka_healthy; then echo "kafka: running (pid $(cat "$KAFKA_PID"), 127.0.0.1:$KAFKA_PORT)"; else echo "kafka: stopped"; fi
+}
+
+flink_write_config() {
+  mkdir -p "$FLINK_CONF" "$FLINK_LOG_DIR" "$FLINK_PID_DIR" "$RUN_DIR/flink/tmp"
+  cp "$FLINK_HOME"/conf/log4j*.properties "$FLINK_CONF/"
+  local java_opts
+  java_opts=$(sed -n 's/^ *all: \(--add-exports.*\)$/\1/p' "$FLINK_HOME/conf/config.yaml")
+  cat > "$FLINK_CONF/config.yaml" <<YAML
+env:
+  java:
+    opts:
+      all: $java_opts
+  pid:
+    dir: $FLINK_PID_DIR
+  log:
+    dir: $FLINK_LOG_DIR
+io:
+  tmp:
+    dirs: $RUN_DIR/flink/tmp
+jobmanager:
+  bind-host: 127.0.0.1
+  rpc: {address: 127.0.0.1, port: $FLINK_RPC_PORT}
+  memory: {process: {size: 1600m}}
+  execution: {failover-strategy: region}
+taskmanager:
+  bind-host: 127.0.0.1
+  host: 127.0.0.1
+  numberOfTaskSlots: $FLINK_SLOTS
+  memory: {process: {size: $FLINK_TM_MEMORY}}
+parallelism: {default: 1}
+rest:
+  address: 127.0.0.1
+  bind-address: 127.0.0.1
+  port: $FLINK_REST_PORT
+state:
+  checkpoints: {dir: "file://$RUN_DIR/flink/checkpoints"}
+  savepoints: {dir: "file://$RUN_DIR/flink/savepoints"}
+YAML
+}
+
+flink_rest() { curl -sf --max-time 2 "http://127.0.0.1:$FLINK_REST_PORT$1"; }
+flink_has_taskmanager() { flink_rest /overview | grep -q '"taskmanagers":[1-9]'; }
+flink_pids() { pgrep -f "org.apache.flink.runtime.(entrypoint.StandaloneSessionClusterEntrypoint|taskexecutor.TaskManagerRunner).*$FLINK_CONF" || true; }
+
+flink_start() {
+  if flink_has_taskmanager; then log "flink already running, REST on 127.0.0.1:$FLINK_REST_PORT"; return; fi
+  [[ -f $FLINK_HOME/.assembled ]] || die "Flink home missing: run scripts/setup.sh"
+  local t0=$SECONDS
+  flink_write_config
+  { "$FLINK_HOME/bin/jobmanager.sh" start && "$FLINK_HOME/bin/taskmanager.sh" start; } >"$FLINK_LOG_DIR/start.log" 2>&1 \
+    || { cat "$FLINK_LOG_DIR/start.log" >&2; die "flink start scripts failed"; }
+  wait_for 90 "flink (JobManager + TaskManager)" flink_has_taskmanager \
+    || { tail -30 "$FLINK_LOG_DIR"/*.log >&2; die "flink did not start; see $FLINK_LOG_DIR"; }
+  log "flink up: REST http://127.0.0.1:$FLINK_REST_PORT, $FLINK_SLOTS slots (start-up $((SECONDS - t0)) s, logs $FLINK_LOG_DIR)"
+}
+
+flink_stop() {
+  [[ -n $(flink_pids) ]] || { log "flink not running"; return 0; }
+  { "$FLINK_HOME/bin/taskmanager.sh" stop-all; "$FLINK_HOME/bin/jobmanager.sh" stop-all; } >"$FLINK_LOG_DIR/stop.log" 2>&1 || true
+  for _ in $(seq 60); do [[ -z $(flink_pids) ]] && break; sleep 0.5; done
+  local left; left=$(flink_pids)
+  if [[ -n $left ]]; then log "flink processes still alive after 30 s; killing $left"; kill -9 $left 2>/dev/null || true; fi
+  log "flink stopped"
+}
+
+flink_status() {
+  if flink_has_taskmanager; then echo "flink: running (REST 127.0.0.1:$FLINK_REST_PORT) $(flink_rest /overview)"; else echo "flink: stopped"; fi
+}
+
+main() {
+  local action=${1:-status} target=${2:-all} services
+  case $target in all) services="kafka flink";; kafka|flink) services=$target;; *) die "unknown service '$target' (kafka|flink|all)";; esac
+  case $action in
+    start|status) for s in $services; do "${s}_$action"; done ;;
+    stop) for s in $(echo "$services" | tr ' ' '\n' | tac); do "${s}_stop"; done ;;
+    restart) main stop "$target"; main start "$target" ;;
+    *) sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+  esac
+}
+main "$@"

@@ -1,0 +1,1 @@
+"""Reusable Beam PTransforms and the lake I/O they build on."""
