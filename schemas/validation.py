@@ -12,6 +12,7 @@ against ``schemas/tfdv/<table>.pbtxt``. Anomalies are split in three kinds:
 """
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +20,7 @@ from typing import Iterable
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import apache_beam as beam  # noqa: E402
 import numpy as np  # noqa: E402
 import pyarrow as pa  # noqa: E402
 import pyarrow.compute as pc  # noqa: E402
@@ -141,11 +143,17 @@ def _concat(batches: Iterable[pa.RecordBatch | pa.Table]) -> pa.Table:
     return pa.concat_tables([b if isinstance(b, pa.Table) else pa.Table.from_batches([b]) for b in batches])
 
 
+def to_tfdv_batch(table: str, data: pa.Table | pa.RecordBatch) -> pa.RecordBatch:
+    """The batch as TFDV consumes it: derived per-sensor values added, every column a list."""
+    if isinstance(data, pa.RecordBatch):
+        data = pa.Table.from_batches([data])
+    data = _with_derived_values(table, data)
+    return pa.RecordBatch.from_arrays([_as_tfdv_column(c) for c in data.columns], names=data.column_names)
+
+
 def statistics(table: str, batches: Iterable[pa.RecordBatch | pa.Table]) -> statistics_pb2.DatasetFeatureStatisticsList:
-    """TFDV statistics of the batches, with the derived per-sensor value features."""
-    data = _with_derived_values(table, _concat(batches))
-    record_batch = pa.RecordBatch.from_arrays([_as_tfdv_column(c) for c in data.columns], names=data.column_names)
-    return stats_impl.generate_statistics_in_memory(record_batch, stats_options.StatsOptions())
+    """TFDV statistics of the batches (in memory), with the derived per-sensor value features."""
+    return stats_impl.generate_statistics_in_memory(to_tfdv_batch(table, _concat(batches)), stats_options.StatsOptions())
 
 
 def _classify(types: set[int]) -> str:
@@ -156,26 +164,52 @@ def _classify(types: set[int]) -> str:
     return "domain"
 
 
-def _missing_columns(table: str, columns: list[str]) -> list[Anomaly]:
-    """Statistics cannot tell an absent optional column from an all-null one; Arrow can."""
-    return [Anomaly(f.name, "hard", ("SCHEMA_MISSING_COLUMN",), "Column dropped")
-            for f in contracts.TABLES[table].schema if f.name not in columns]
-
-
-def validate(table: str, batches: Iterable[pa.RecordBatch | pa.Table],
-             baseline: statistics_pb2.DatasetFeatureStatisticsList | None = None) -> ValidationReport:
-    data = _concat(batches)
-    stats = statistics(table, [data])
+def check(table: str, stats: statistics_pb2.DatasetFeatureStatisticsList,
+          baseline: statistics_pb2.DatasetFeatureStatisticsList | None = None) -> ValidationReport:
+    """Checks statistics against the table's TFDV schema (and drift against ``baseline``)."""
     anomalies = tfdv.validate_statistics(stats, load_schema(table), previous_statistics=baseline)
-    report = ValidationReport(table, stats.datasets[0].num_examples, statistics=stats)
-    reported = set(anomalies.anomaly_info)
-    report.anomalies += [a for a in _missing_columns(table, data.column_names) if a.feature not in reported]
+    dataset = stats.datasets[0]
+    report = ValidationReport(table, dataset.num_examples, statistics=stats)
     for feature, info in sorted(anomalies.anomaly_info.items()):
         types = {r.type for r in info.reason}
         report.anomalies.append(Anomaly(
             feature=feature, kind=_classify(types),
             types=tuple(sorted(_Reason.Name(t) for t in types)),
             description="; ".join(r.description for r in info.reason)))
+    # statistics cannot tell an absent optional column from an all-null one; its absence can
+    present = {".".join(f.path.step) for f in dataset.features}
+    reported = {a.feature for a in report.anomalies}
+    report.anomalies += [Anomaly(f.name, "hard", ("SCHEMA_MISSING_COLUMN",), "Column dropped")
+                         for f in contracts.TABLES[table].schema
+                         if f.name not in present and f.name not in reported and dataset.num_examples]
+    return report
+
+
+def validate(table: str, batches: Iterable[pa.RecordBatch | pa.Table],
+             baseline: statistics_pb2.DatasetFeatureStatisticsList | None = None) -> ValidationReport:
+    """Validates in-memory Arrow data against the table's contract."""
+    return check(table, statistics(table, batches), baseline)
+
+
+class ValidateContract(beam.PTransform):
+    """PCollection of Arrow tables -> one ValidationReport, with TFDV's Beam statistics."""
+
+    def __init__(self, table: str, baseline=None, sample_rate: float | None = None):
+        super().__init__()
+        self._table, self._baseline, self._sample_rate = table, baseline, sample_rate
+
+    def expand(self, tables):
+        table, baseline = self._table, self._baseline
+        options = stats_options.StatsOptions(sample_rate=self._sample_rate)
+        return (tables
+                | "ToTfdv" >> beam.Map(lambda t: to_tfdv_batch(table, t))
+                | "Statistics" >> tfdv.GenerateStatistics(options)
+                | "Check" >> beam.Map(lambda stats: _log_report(check(table, stats, baseline))))
+
+
+def _log_report(report: ValidationReport) -> ValidationReport:
+    level = logging.ERROR if report.hard_breaks else logging.WARNING if report.anomalies else logging.INFO
+    logging.getLogger(__name__).log(level, "contract check: %s", report.summary())
     return report
 
 
