@@ -24,3 +24,30 @@ def utc_datetime(text: str) -> dt.datetime:
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
     """Shows defaults and keeps the description's line breaks."""
+
+
+BEAM_OPTIONS_EPILOG = """\
+standard Beam options are accepted too, e.g.:
+  --runner DirectRunner|FlinkRunner|PortableRunner|DataflowRunner   --streaming
+  --flink_master 127.0.0.1:8081  --flink_job_server_jar .cache/jvm/beam/beam-runners-flink-1.20-job-server-2.72.0.jar
+  --environment_type LOOPBACK|PROCESS|EXTERNAL  --environment_config ...  --parallelism N
+  --setup_file ./setup.py  --requirements_file requirements.lock
+  --project ... --region ... --temp_location gs://... --dry_run   (Dataflow)
+see the README's "Running on Flink and Dataflow" for complete examples."""
+
+
+def parse_pipeline_args(options_cls, argv: list[str] | None, prog: str, description: str):
+    """Parses a pipeline's own options (a PipelineOptions subclass) and passes the rest to Beam.
+
+    ``--help`` lists the pipeline's options with their defaults and points to the Beam ones,
+    instead of Beam's several hundred. Returns the PipelineOptions (own + Beam) object.
+    """
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    parser = argparse.ArgumentParser(prog=prog, description=description, epilog=BEAM_OPTIONS_EPILOG,
+                                     formatter_class=HelpFormatter)
+    options_cls._add_argparse_args(parser)
+    own, beam_args = parser.parse_known_args(argv)
+    own_args = [f"--{k}={v}" for k, v in vars(own).items() if v is not None and not isinstance(v, bool)]
+    own_args += [f"--{k}" for k, v in vars(own).items() if v is True]
+    return PipelineOptions(beam_args + own_args)
