@@ -126,6 +126,12 @@ def build(p, a):
     consumer = {"bootstrap.servers": a.bootstrap, "auto.offset.reset": a.offset_reset}
     if a.group:
         consumer["group.id"] = a.group
+        # ReadFromKafka from Python passes ONLY this dict to the Kafka consumer (KafkaIO's own
+        # defaults are not applied), so Kafka's enable.auto.commit=true would be in force.
+        consumer["enable.auto.commit"] = "false"
+    for kv in a.consumer_extra:
+        k, v = kv.split("=", 1)
+        consumer[k] = v
     kw = {}
     if a.expansion_service:
         kw["expansion_service"] = a.expansion_service
@@ -155,6 +161,7 @@ def main(argv=None):
     ap.add_argument("--bootstrap", default="127.0.0.1:9092")
     ap.add_argument("--offset-reset", default="earliest")
     ap.add_argument("--timestamp-policy", default="CreateTime")
+    ap.add_argument("--consumer-extra", action="append", default=[], help="k=v Kafka consumer property")
     ap.add_argument("--commit", action="store_true", help="commit_offset_in_finalize=True")
     ap.add_argument("--poll-timeout", type=int, default=2)
     ap.add_argument("--expansion-service", default="127.0.0.1:18297")
@@ -166,6 +173,7 @@ def main(argv=None):
     ap.add_argument("--light", action="store_true", help="throughput mode: no per-reading output")
     ap.add_argument("--detach", action="store_true", help="return after submission (not with LOOPBACK)")
     a, beam_args = ap.parse_known_args(argv)
+    beam_args = [x for x in beam_args if x != "--"]
     opts = PipelineOptions(beam_args)
     p = beam.Pipeline(options=opts)
     build(p, a)
