@@ -84,7 +84,9 @@ QUARANTINE = pa.schema(
     + [_req("timestamp_ingested", UTC_TS)]
     + KAFKA_FIELDS
     + [
-        _req("reason", pa.string()),        # unknown_device | inactive_device | unparseable_ts
+        # unknown_device | inactive_device | unknown_sensor_type | unknown_unit | invalid_value |
+        # unparseable_ts (transforms.cleansing.QUARANTINE_REASONS)
+        _req("reason", pa.string()),
         _req("source_version", pa.int64()),  # landing Delta version the row came from
         _req("quarantined_at", UTC_TS),
     ]

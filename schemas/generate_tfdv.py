@@ -4,8 +4,9 @@ Run ``python -m schemas.generate_tfdv`` after changing :mod:`schemas.contracts`;
 that the checked-in files equal what this produces. The files carry, beside types and presence:
 the domains of DESIGN section 4 (sensor types, units, quality levels, severities), finite
 ``value``s, and one derived feature ``value__<sensor_type>`` per sensor (the reading's value in the
-canonical unit, null for other sensors) with that sensor's valid range and a Jensen-Shannon drift
-comparator. :mod:`schemas.validation` derives those columns before computing statistics.
+canonical unit, null for other sensors and, in the clean table, for rows flagged BAD) with that
+sensor's valid range and a Jensen-Shannon drift comparator. :mod:`schemas.validation` derives
+those columns before computing statistics.
 """
 from __future__ import annotations
 
@@ -29,6 +30,8 @@ STRING_DOMAINS = {
 }
 # the canonical unit only, in tables written after unit conversion
 CANONICAL_UNIT_TABLES = {"clean_sensor_readings"}
+# tables with a `quality` column: their derived value features leave out the rows flagged BAD
+QUALITY_FLAGGED_TABLES = {"clean_sensor_readings"}
 # tables whose rows are readings: they get the per-sensor derived value features
 READING_TABLES = {"reading", "raw_sensor_readings", "clean_sensor_readings", "quarantine",
                   "archive_raw_sensor_readings"}

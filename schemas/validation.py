@@ -29,7 +29,7 @@ from tensorflow_data_validation.statistics import stats_impl, stats_options  # n
 from tensorflow_metadata.proto.v0 import anomalies_pb2, statistics_pb2  # noqa: E402
 
 from schemas import contracts  # noqa: E402
-from schemas.generate_tfdv import READING_TABLES, derived_value_feature  # noqa: E402
+from schemas.generate_tfdv import QUALITY_FLAGGED_TABLES, READING_TABLES, derived_value_feature  # noqa: E402
 from schemas.sensors import SENSORS  # noqa: E402
 
 _Reason = anomalies_pb2.AnomalyInfo.Type
@@ -126,6 +126,11 @@ def _with_derived_values(table_name: str, batch: pa.Table) -> pa.Table:
     unit = (batch.column("unit").to_numpy().astype(object)
             if "unit" in names else np.full(len(sensor), None, dtype=object))
     value = batch.column("value").to_numpy().astype(np.float64)
+    if table_name in QUALITY_FLAGGED_TABLES and "quality" in names:
+        # rows cleansing flagged BAD (e.g. out of range) are meant to be there: keep them out of the
+        # per-sensor domain and drift features, which describe the usable readings
+        sensor = np.where(batch.column("quality").to_numpy().astype(object) == "BAD",
+                          None, sensor)
     for sensor_type, spec in SENSORS.items():
         out = np.zeros(len(value))
         converted = np.zeros(len(value), dtype=bool)

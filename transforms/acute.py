@@ -22,6 +22,7 @@ from apache_beam.metrics import Metrics
 from apache_beam.transforms.userstate import ReadModifyWriteStateSpec
 
 from schemas.sensors import SENSORS
+from transforms.arrow import to_numpy
 from transforms.acute_rules import RULES, DeviceInfo, DeviceState, Readings, RuleConfig, evaluate_device
 from transforms.registry import RegistryCache
 from transforms.timestamps import parse_ts
@@ -36,9 +37,9 @@ def shard_of(device_ids: list[str], shards: int) -> np.ndarray:
 
 def canonical_values(sensor: pa.Array, unit: pa.Array, value: pa.Array) -> np.ndarray:
     """Values converted to their sensor's canonical unit (decode guarantees the unit is known)."""
-    sensor_np = np.asarray(sensor.to_numpy(zero_copy_only=False), dtype=object)
-    unit_np = np.asarray(unit.to_numpy(zero_copy_only=False), dtype=object)
-    out = np.asarray(value.to_numpy(zero_copy_only=False), dtype=np.float64).copy()
+    sensor_np = np.asarray(to_numpy(sensor), dtype=object)
+    unit_np = np.asarray(to_numpy(unit), dtype=object)
+    out = np.asarray(to_numpy(value), dtype=np.float64).copy()
     for name, spec in SENSORS.items():
         is_sensor = sensor_np == name
         for u, (scale, offset) in spec.conversions.items():
@@ -49,7 +50,7 @@ def canonical_values(sensor: pa.Array, unit: pa.Array, value: pa.Array) -> np.nd
 
 
 def in_range(sensor: pa.Array, value: np.ndarray) -> np.ndarray:
-    sensor_np = np.asarray(sensor.to_numpy(zero_copy_only=False), dtype=object)
+    sensor_np = np.asarray(to_numpy(sensor), dtype=object)
     ok = np.zeros(len(value), bool)
     for name, spec in SENSORS.items():
         m = sensor_np == name
@@ -121,15 +122,15 @@ class _RulesFn(beam.DoFn):
         states: dict[str, DeviceState] = devices.read() or {}
         now = dt.datetime.now(dt.timezone.utc)
         totals: Counter = Counter()
-        ids = batch["device_id"].to_numpy(zero_copy_only=False)
+        ids = to_numpy(batch["device_id"])
         order = np.argsort(ids, kind="stable")           # group by device, keep arrival order inside
         ids = ids[order]
-        event_id = batch["event_id"].to_numpy(zero_copy_only=False)[order]
-        sensor = batch["sensor_type"].to_numpy(zero_copy_only=False)[order]
-        t = batch["t_us"].to_numpy()[order]
-        value = batch["value"].to_numpy()[order]
-        model = batch["model"].to_numpy(zero_copy_only=False)[order]
-        rated = batch["rated_current_a"].to_numpy(zero_copy_only=False)[order]
+        event_id = to_numpy(batch["event_id"])[order]
+        sensor = to_numpy(batch["sensor_type"])[order]
+        t = to_numpy(batch["t_us"])[order]
+        value = to_numpy(batch["value"])[order]
+        model = to_numpy(batch["model"])[order]
+        rated = to_numpy(batch["rated_current_a"])[order]
         bounds = np.flatnonzero(np.concatenate([[True], ids[1:] != ids[:-1], [True]]))
         for a, b in zip(bounds[:-1], bounds[1:]):
             device = ids[a]

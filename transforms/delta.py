@@ -35,7 +35,8 @@ def snapshot_files(lake_root: str, table: str, version: int | None = None) -> li
     adds = dt.get_add_actions(flatten=False).to_pydict()
     root = lake.table_uri(lake_root, table)
     out = []
-    for path, parts in zip(adds["path"], adds["partition_values"]):
+    # an unpartitioned table's add actions have no partition_values column
+    for path, parts in zip(adds["path"], adds.get("partition_values") or [None] * len(adds["path"])):
         out.append(DeltaFile(f"{root}/{path}", tuple(sorted((parts or {}).items()))))
     return sorted(out, key=lambda f: f.uri)
 

@@ -41,7 +41,7 @@ class StreamResult:
     wall_seconds: float = 0.0
 
 
-def _messages(chunk: pa.Table, devices_by_id: dict[str, Device], cfg: StreamConfig):
+def messages_for(chunk: pa.Table, devices_by_id: dict[str, Device], cfg: StreamConfig):
     """(key, body, timestamp_ms, event_ids) per message; deterministic for a chunk."""
     readings = wire.reading_dicts(chunk)
     t_ms = chunk["_t_ms"].to_pylist()
@@ -97,7 +97,7 @@ def stream(devices: list[Device], incidents: list[Incident], cfg: StreamConfig, 
             if ahead > 0:
                 time.sleep(ahead)
         for part in chunks:
-            for key, body, ts_ms, event_ids in _messages(part, by_id, cfg):
+            for key, body, ts_ms, event_ids in messages_for(part, by_id, cfg):
                 producer.produce(cfg.topic, body, key=key, timestamp=ts_ms, on_delivery=on_delivery)
                 result.messages += 1
                 result.readings += len(event_ids)

@@ -1,0 +1,209 @@
+"""Incremental cleansing: landing/raw_sensor_readings -> clean/sensor_readings (Contract 2) + quarantine.
+
+Each run reads only the landing Delta versions an output table has not consumed yet; the
+consumed range is recorded in that table's commit (custom metadata fleet.inputs), in the same
+Delta transaction as its rows, so a crash and rerun neither skips nor double-counts. If a crash
+fell between the clean and the quarantine commit, the rerun fills the lagging table alone for
+the versions it misses. Per run: one commit per output table, TFDV validation before it (a hard
+contract break fails the run, drift against the stored baseline is reported), and a printed
+reconciliation: rows in = clean + quarantined + duplicates removed (+ rows an earlier, interrupted
+run already committed).
+
+Dedup, quality flags and quarantine rules: see transforms/cleansing.py.
+
+examples:
+  python -m pipelines.cleanse                                  # all new landing versions, DirectRunner
+  python -m pipelines.cleanse --lake /tmp/c4/lake --lookback_days 3
+  python -m pipelines.cleanse --runner=FlinkRunner --flink_master=127.0.0.1:8081 \\
+      --flink_job_server_jar=.cache/jvm/beam/beam-runners-flink-1.20-job-server-2.72.0.jar --environment_type=LOOPBACK
+"""
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+import apache_beam as beam
+from apache_beam.metrics.metric import MetricsFilter
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from pipelines import cli
+from transforms import cleansing as cl
+from transforms import delta, lake
+
+log = logging.getLogger("cleanse")
+
+
+class CleanseOptions(PipelineOptions):
+    @classmethod
+    def _add_argparse_args(cls, parser):
+        g = parser.add_argument_group("cleanse")
+        g.add_argument("--lake", default=lake.DEFAULT_LAKE, help="lake root (local path or s3://, gs://, abfss://)")
+        g.add_argument("--upto_version", type=int, default=None,
+                       help="newest landing version to consume (default: the latest)")
+        g.add_argument("--max_versions", type=int, default=0,
+                       help="consume at most this many landing versions in one run, to catch up in steps (0: all)")
+        g.add_argument("--lookback_days", type=float, default=7.0,
+                       help="dedup against clean rows up to this long before the newest ingestion time of the "
+                            "new rows; older replays are not recognised")
+        g.add_argument("--future_tolerance_seconds", type=float, default=300.0,
+                       help="clock skew allowed before a reading later than its ingestion is flagged "
+                            "future_timestamp (BAD)")
+        g.add_argument("--stuck_run_length", type=int, default=10,
+                       help="equal consecutive values of one device and sensor flagged stuck_value (SUSPECT)")
+        g.add_argument("--shards", type=int, default=8,
+                       help="device shards for dedup and stuck-value detection (parallelism; memory per shard "
+                            "is about new rows / shards)")
+        g.add_argument("--tfdv_sample_rate", type=float, default=None,
+                       help="share of rows TFDV statistics are computed on (default: all)")
+        g.add_argument("--baseline_dir", default=None,
+                       help="TFDV statistics baselines for drift (<table>.pb); a missing baseline is created "
+                            "from the first run's output (default: <lake>/../baselines for a local lake)")
+        g.add_argument("--summary_json", default=None, help="also write the reconciliation summary to this file")
+
+
+def config_of(opts: CleanseOptions) -> cl.CleanseConfig:
+    return cl.CleanseConfig(lookback_s=opts.lookback_days * 86400, future_tolerance_s=opts.future_tolerance_seconds,
+                            stuck_run_length=opts.stuck_run_length, shards=opts.shards)
+
+
+def baseline_path(lake_root: str, baseline_dir: str | None, table: str) -> Path | None:
+    if baseline_dir:
+        return Path(baseline_dir) / f"{table}.pb"
+    if lake.is_local(lake_root):
+        return Path(lake_root.removeprefix("file://")).parent / "baselines" / f"{table}.pb"
+    return None
+
+
+def ensure_baseline(lake_root: str, table: str, version: int, path: Path | None, max_rows: int = 500_000) -> None:
+    """Saves the statistics of (up to ``max_rows`` of) the rows committed in ``version`` as the
+    table's drift baseline, unless one exists."""
+    if path is None or path.exists():
+        return
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from schemas import validation
+    parts, rows = [], 0
+    for f in delta.added_files(lake_root, table, version - 1 if version else None, version):
+        if rows >= max_rows:
+            break
+        data = delta.with_partition_columns(table, pq.read_table(f.uri.removeprefix("file://")), f.partition_values)
+        parts.append(data)
+        rows += data.num_rows
+    if parts:
+        validation.save_baseline(validation.statistics(table, [pa.concat_tables(parts)]), path)
+        log.info("saved the drift baseline of %s (%d rows of version %d) to %s", table, rows, version, path)
+
+
+def build(pipeline: beam.Pipeline, plan: cl.CleansePlan, config: cl.CleanseConfig, opts: CleanseOptions) -> None:
+    from schemas.validation import load_baseline
+    outputs = pipeline | "Cleanse" >> cl.Cleanse(plan, config)
+    for table in plan.tables_to_write():
+        path = baseline_path(plan.lake, opts.baseline_dir, table)
+        outputs[table] | f"Write_{table}" >> delta.WriteDelta(
+            plan.lake, table, app=cl.APP, commit_id=plan.commit_id(table), inputs=plan.inputs(table),
+            baseline=load_baseline(path) if path else None, sample_rate=opts.tfdv_sample_rate)
+
+
+def counters(result) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for c in result.metrics().query(MetricsFilter().with_namespace(cl.APP))["counters"]:
+        value = c.committed if c.committed is not None else c.attempted
+        out[c.key.metric.name] = out.get(c.key.metric.name, 0) + int(value or 0)
+    return out
+
+
+def rows_in_version(lake_root: str, table: str, version: int) -> int:
+    """Rows a commit added (from the Delta log's per-file record counts)."""
+    before = {f.uri for f in delta.snapshot_files(lake_root, table, version - 1)} if version else set()
+    dt_ = lake.open_table(lake_root, table, version)
+    actions = dt_.get_add_actions(flatten=True).to_pydict()
+    root = lake.table_uri(lake_root, table)
+    return sum(n for p, n in zip(actions["path"], actions["num_records"]) if f"{root}/{p}" not in before)
+
+
+def summarize(plan: cl.CleansePlan, c: dict[str, int], elapsed_s: float) -> dict:
+    quarantined = {r: c.get(f"quarantined_{r}", 0) for r in cl.QUARANTINE_REASONS}
+    clean = {q: c.get(f"clean_{q}", 0) for q in cl.contracts.QUALITY_LEVELS}
+    dups = {k: c.get(k, 0) for k in ("duplicates_within_batch", "duplicates_against_clean")}
+    s = {
+        "landing_versions": {t: [a, plan.upto] for t, a in plan.after.items()},
+        "rows_in": c.get("rows_in", 0),
+        "clean": sum(clean.values()), "clean_by_quality": clean,
+        "quarantined": sum(quarantined.values()), "quarantined_by_reason": quarantined,
+        "duplicates_removed": sum(dups.values()), "duplicates": dups,
+        "already_committed": c.get("already_committed", 0),
+        "flags": {r: c.get(f"flag_{r}", 0) for r in cl.REASON_LEVEL},
+        "context_files": c.get("context_files", 0), "context_rows": c.get("context_rows", 0),
+        "elapsed_s": round(elapsed_s, 2),
+    }
+    s["reconciles"] = s["rows_in"] == s["clean"] + s["quarantined"] + s["duplicates_removed"] + s["already_committed"]
+    s["rows_per_s"] = round(s["rows_in"] / elapsed_s) if elapsed_s else None
+    s["commits"] = {}
+    for table in plan.tables_to_write():
+        version = lake.find_commit(plan.lake, table, plan.commit_id(table))
+        s["commits"][table] = {"version": version,
+                               "rows": rows_in_version(plan.lake, table, version) if version is not None else None}
+    written = {cl.CLEAN: s["clean"], cl.QUARANTINE: s["quarantined"]}
+    s["commits_match_counts"] = all(v["rows"] == written[t] for t, v in s["commits"].items())
+    return s
+
+
+def render(s: dict) -> str:
+    q = ", ".join(f"{k} {v}" for k, v in s["quarantined_by_reason"].items() if v) or "-"
+    lines = [
+        "cleanse reconciliation",
+        f"  landing versions       {', '.join(f'{t} ({a}, {u}]' for t, (a, u) in s['landing_versions'].items())}",
+        f"  rows in                {s['rows_in']:>12,}",
+        f"  clean                  {s['clean']:>12,}   "
+        + ", ".join(f"{k} {v:,}" for k, v in s["clean_by_quality"].items()),
+        f"  quarantined            {s['quarantined']:>12,}   {q}",
+        f"  duplicates removed     {s['duplicates_removed']:>12,}   within batch "
+        f"{s['duplicates']['duplicates_within_batch']:,}, against clean {s['duplicates']['duplicates_against_clean']:,}",
+        f"  already committed      {s['already_committed']:>12,}",
+        f"  reconciles             {'yes' if s['reconciles'] else 'NO'}: rows in = clean + quarantined + duplicates"
+        " removed + already committed",
+        f"  flags                  " + ", ".join(f"{k} {v:,}" for k, v in s["flags"].items()),
+        f"  commits                " + ", ".join(f"{t} v{c['version']} ({c['rows']:,} rows)" for t, c in
+                                                 s["commits"].items()),
+        f"  elapsed                {s['elapsed_s']} s, {s['rows_per_s'] or 0:,} rows/s",
+    ]
+    return "\n".join(lines)
+
+
+def run(argv: list[str] | None = None) -> dict:
+    """Runs one cleanse; returns the reconciliation summary (also printed)."""
+    options = cli.parse_pipeline_args(CleanseOptions, argv, "python -m pipelines.cleanse", __doc__)
+    opts = options.view_as(CleanseOptions)
+    plan = cl.plan_run(opts.lake, opts.upto_version, opts.max_versions or None)
+    if plan is None or not plan.tables_to_write():
+        print(f"cleanse: nothing to do ({'no landing table' if plan is None else f'landing v{plan.upto} consumed'})")
+        return {"rows_in": 0, "reconciles": True, "nothing_to_do": True}
+    log.info("landing versions %s, %d files", {t: (a, plan.upto) for t, a in plan.after.items()},
+             len(plan.landing_files))
+    started = time.monotonic()
+    pipeline = beam.Pipeline(options=options)
+    build(pipeline, plan, config_of(opts), opts)
+    result = pipeline.run()
+    result.wait_until_finish()
+    summary = summarize(plan, counters(result), time.monotonic() - started)
+    for table, c in summary["commits"].items():
+        if c["version"] is not None:
+            ensure_baseline(plan.lake, table, c["version"], baseline_path(plan.lake, opts.baseline_dir, table))
+    print(render(summary))
+    print("CLEANSE_SUMMARY " + json.dumps(summary, sort_keys=True))
+    if opts.summary_json:
+        Path(opts.summary_json).write_text(json.dumps(summary, indent=2, sort_keys=True))
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    cli.setup_logging()
+    summary = run(argv)
+    return 0 if summary["reconciles"] and summary.get("commits_match_counts", True) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,153 @@
+"""The unbounded pipeline (DESIGN sections 1, 2, 5): Kafka -> decode -> landing + dead letters
+(Delta, one commit per interval) and acute alerts (Kafka sensor.alerts + Delta alerts).
+
+    sensor.readings --ReadFromKafka--> messages, windowed by Kafka record time into intervals
+        -> batches of messages -> decode (Arrow) --+--> landing + deadletter commits per interval
+                                                   +--> acute rules per device shard -> alerts
+
+Run it on the local Flink (see README) or, for a quick look, on the DirectRunner. Kafka security
+settings go in --kafka_config (JSON); values like "${SASL_PASSWORD}" are read from the environment
+so that no secret is written in code, command lines or logs.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import sys
+
+import apache_beam as beam
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+from apache_beam.transforms import window
+
+from pipelines import cli
+from transforms import lake
+from transforms.acute import DEFAULT_SHARDS, AcuteRules
+from transforms.decode import DecodeMessages, KafkaMessage
+from transforms.landing import LandDecoded, SinkAlerts
+
+log = logging.getLogger("streaming")
+
+
+class StreamingOptions(PipelineOptions):
+    @classmethod
+    def _add_argparse_args(cls, parser):
+        g = parser.add_argument_group("streaming pipeline")
+        g.add_argument("--lake", default=lake.DEFAULT_LAKE, help="lake root (local path or s3://, gs://, abfss://)")
+        g.add_argument("--bootstrap_servers", default="127.0.0.1:9092", help="Kafka bootstrap servers")
+        g.add_argument("--topic", default="sensor.readings", help="topic to read readings from")
+        g.add_argument("--alerts_topic", default="sensor.alerts", help="topic to publish acute alerts to")
+        g.add_argument("--consumer_group", default="fleet-streaming",
+                       help="Kafka consumer group; its committed offsets are where a restarted job resumes")
+        g.add_argument("--kafka_config", default="{}",
+                       help='extra Kafka client properties as JSON, e.g. {"security.protocol": "SASL_SSL", '
+                            '"sasl.mechanism": "PLAIN", "sasl.jaas.config": "${KAFKA_JAAS}"}; ${VAR} is read '
+                            "from the environment")
+        g.add_argument("--commit_interval_s", type=float, default=60.0,
+                       help="landing interval: one Delta commit per table per interval of Kafka record time")
+        g.add_argument("--shards", type=int, default=DEFAULT_SHARDS,
+                       help="device shards: keys of the stateful rule evaluation (parallelism of that stage)")
+        g.add_argument("--rules_config", default=None,
+                       help="acute rule thresholds file (default: config/acute_rules.yaml)")
+        g.add_argument("--registry_ttl_s", type=float, default=300.0,
+                       help="how often workers reload the device registry")
+        g.add_argument("--batch_messages", type=int, default=500,
+                       help="Kafka messages decoded together into one Arrow batch (upper bound)")
+        g.add_argument("--expansion_service", default="127.0.0.1:8097",
+                       help="Beam expansion service for the Java KafkaIO (the Flink job server's expansion port)")
+        g.add_argument("--max_num_records", type=int, default=None,
+                       help="stop after this many Kafka records (bounded runs and tests only)")
+
+
+def kafka_properties(opts) -> dict:
+    """Extra client properties with ${VAR} references resolved from the environment."""
+    raw = json.loads(opts.kafka_config or "{}")
+
+    def resolve(value: str) -> str:
+        def env(m):
+            if m.group(1) not in os.environ:
+                raise ValueError(f"--kafka_config refers to ${{{m.group(1)}}}, which is not set")
+            return os.environ[m.group(1)]
+        return re.sub(r"\$\{(\w+)\}", env, value) if isinstance(value, str) else value
+    return {k: resolve(v) for k, v in raw.items()}
+
+
+class ReadKafkaMessages(beam.PTransform):
+    """KafkaIO (Java, through the expansion service) -> KafkaMessage, timestamped by record time.
+
+    Offsets are not committed by KafkaIO: the landing commits them once the messages' rows are in
+    Delta (transforms.landing), so a restarted job resumes exactly after what has landed.
+    """
+
+    def __init__(self, opts):
+        super().__init__()
+        self._opts = opts
+
+    def expand(self, pbegin):
+        from apache_beam.io.kafka import ReadFromKafka
+        o = self._opts
+        consumer = {"bootstrap.servers": o.bootstrap_servers, "group.id": o.consumer_group,
+                    "auto.offset.reset": "earliest", "enable.auto.commit": "false", **kafka_properties(o)}
+        return (pbegin
+                | "ReadFromKafka" >> ReadFromKafka(
+                    consumer_config=consumer, topics=[o.topic], with_metadata=True,
+                    timestamp_policy=ReadFromKafka.log_append_time, commit_offset_in_finalize=False,
+                    max_num_records=o.max_num_records, expansion_service=o.expansion_service)
+                | "ToMessage" >> beam.Map(lambda r: KafkaMessage(r.topic, r.partition, r.offset, r.timestamp,
+                                                                 r.key, r.value)))
+
+
+class FleetStreaming(beam.PTransform):
+    """Kafka messages (timestamped by record time) -> landing, dead letters and alerts."""
+
+    def __init__(self, lake_root: str, *, interval_s: float = 60.0, shards: int = DEFAULT_SHARDS,
+                 batch_messages: int = 500, rules_config: str | None = None, registry_ttl_s: float = 300.0,
+                 kafka_producer: dict | None = None, kafka_commit: dict | None = None,
+                 alerts_topic: str = "sensor.alerts"):
+        super().__init__()
+        self._lake, self._interval, self._shards = lake_root, interval_s, shards
+        self._batch, self._rules, self._ttl = batch_messages, rules_config, registry_ttl_s
+        self._producer, self._commit, self._alerts_topic = kafka_producer, kafka_commit, alerts_topic
+
+    def expand(self, messages):
+        decoded = (messages
+                   | "Interval" >> beam.WindowInto(window.FixedWindows(self._interval))
+                   | "Batch" >> beam.BatchElements(min_batch_size=1, max_batch_size=self._batch)
+                   | "Decode" >> DecodeMessages())
+        decoded | "Land" >> LandDecoded(self._lake, self._interval, self._commit)
+        alerts = (decoded
+                  | "Readings" >> beam.Map(lambda d: d.readings)
+                  | "Continuous" >> beam.WindowInto(window.GlobalWindows())
+                  | "AcuteRules" >> AcuteRules(self._lake, self._shards, self._rules, self._ttl))
+        alerts | "Alerts" >> SinkAlerts(self._lake, self._interval, self._producer, self._alerts_topic)
+        return alerts
+
+
+def build(p: beam.Pipeline, opts) -> None:
+    client = {"bootstrap.servers": opts.bootstrap_servers, **kafka_properties(opts)}
+    (p
+     | "Kafka" >> ReadKafkaMessages(opts)
+     | "Fleet" >> FleetStreaming(
+         opts.lake, interval_s=opts.commit_interval_s, shards=opts.shards, batch_messages=opts.batch_messages,
+         rules_config=opts.rules_config, registry_ttl_s=opts.registry_ttl_s, kafka_producer=client,
+         kafka_commit={**client, "group.id": opts.consumer_group}, alerts_topic=opts.alerts_topic))
+
+
+def main(argv: list[str] | None = None) -> int:
+    cli.setup_logging()
+    options = cli.parse_pipeline_args(StreamingOptions, argv, "python -m pipelines.streaming", __doc__)
+    opts = options.view_as(StreamingOptions)
+    if opts.max_num_records is None:
+        options.view_as(StandardOptions).streaming = True
+    log.info("reading %s from %s (group %s), landing into %s every %.0f s",
+             opts.topic, opts.bootstrap_servers, opts.consumer_group, opts.lake, opts.commit_interval_s)
+    p = beam.Pipeline(options=options)
+    build(p, opts)
+    result = p.run()
+    result.wait_until_finish()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
