@@ -8,8 +8,18 @@
 # runners/java-job-service, and jvm/flink-job-server/pom.xml compiles them against the Beam
 # modules Maven Central does serve, then shades a runnable jar (see the pom for what is left out).
 #
+# One Beam class is patched at build time: jvm/flink-job-server/patches/ServerFactory-bind-address.patch
+# makes org.apache.beam.sdk.fn.server.ServerFactory (beam-sdks-java-core) bind the address it is
+# given (NettyServerBuilder.forAddress) instead of the wildcard (forPort). Unpatched, the job and
+# artifact services listen on *:<port> despite --job-host=127.0.0.1, and the TaskManager's gRPC
+# servers for SDK harnesses (control/data/state, EMBEDDED/LOOPBACK/...) on *:<random>, while every
+# server here must bind 127.0.0.1 only. The pom unpacks the original source from the
+# beam-sdks-java-core sources jar (Maven Central), applies the patch with `patch --fuzz=0` (the
+# build fails if it no longer applies), compiles it with the job server and filters the original
+# classes out of the shaded jar; this script then checks the shaded jar holds the patched class.
+#
 # Usage: scripts/build_job_server.sh [--force]
-# Idempotent: skips the build when the jar exists and was built from the same pom + source.
+# Idempotent: skips the build when the jar exists and was built from the same pom + patches + source.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 cd "$PROJECT_ROOT"
@@ -22,6 +32,7 @@ BEAM_MODULE_H1="h1:b2ZwEif8x2Lu7imqggYSjjsnyVUX67JyUthHZLVB+dM="
 BEAM_ZIP_SHA256="e894f6257f33f5888a33a8d6dffa3d5bfa12b02271a096026ca362949d430b13"
 
 POM="$PROJECT_ROOT/jvm/flink-job-server/pom.xml"
+PATCH_DIR="$PROJECT_ROOT/jvm/flink-job-server/patches"
 SRC_DIR="$CACHE_DIR/beam-src"
 BUILD_DIR="$CACHE_DIR/beam-build"
 STAMP="$JOB_SERVER_JAR.stamp"
@@ -32,8 +43,12 @@ force=false
 command -v mvn >/dev/null || die "mvn not found"
 command -v java >/dev/null || die "java not found"
 command -v unzip >/dev/null || die "unzip not found"
+command -v patch >/dev/null || die "patch not found (needed to apply $PATCH_DIR)"
+command -v javap >/dev/null || die "javap not found (needed to check the patched class)"
 
-want_stamp="beam=$BEAM_MODULE_H1 pom=$(sha256sum "$POM" | cut -d' ' -f1)"
+# Hash of every file under patches/ (relative names + contents), so editing a patch rebuilds.
+patches_sha=$(cd "$PATCH_DIR" && find . -type f -print0 | LC_ALL=C sort -z | xargs -0 sha256sum | sha256sum | cut -d' ' -f1)
+want_stamp="beam=$BEAM_MODULE_H1 pom=$(sha256sum "$POM" | cut -d' ' -f1) patches=$patches_sha"
 if ! $force && [[ -f $JOB_SERVER_JAR && -f $STAMP && $(cat "$STAMP") == "$want_stamp" ]]; then
   log "job server: $JOB_SERVER_JAR is up to date (use --force to rebuild)"
   exit 0
@@ -108,6 +123,16 @@ mvn -q -B -f "$POM" -Dbeam.src="$SRC_DIR" -Dbuild.dir="$BUILD_DIR" clean package
 built="$BUILD_DIR/beam-runners-flink-1.20-job-server-$BEAM_VERSION.jar"
 [[ -f $built ]] || die "maven finished but $built is missing"
 log "maven: done in $((SECONDS - start)) s"
+
+# The shaded jar must hold the patched ServerFactory (forAddress), not beam-sdks-java-core's (forPort).
+check_patched_class() {
+  local cls='org.apache.beam.sdk.fn.server.ServerFactory$InetSocketAddressServerFactory' code
+  code=$(javap -c -p -classpath "$built" "$cls") || die "patch check: cannot read $cls from $built"
+  grep -q 'NettyServerBuilder.forAddress' <<<"$code" && ! grep -q 'NettyServerBuilder.forPort' <<<"$code" ||
+    die "patch check: $built holds the unpatched $cls (NettyServerBuilder.forPort)"
+  log "patch check: $cls binds with NettyServerBuilder.forAddress"
+}
+check_patched_class
 
 mkdir -p "$(dirname "$JOB_SERVER_JAR")"
 mv "$built" "$JOB_SERVER_JAR"   # same filesystem: no 200 MB copy left behind

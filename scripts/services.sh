@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Local services for development, tests and run_local.sh, all bound to 127.0.0.1:
 #   kafka  single-node KRaft broker from the Maven-resolved jars (jvm/pom.xml), topics created
-#   flink  Flink 1.20 JobManager + TaskManager from the assembled home (.cache/flink-*)
+#   flink  Flink 1.20 JobManager + TaskManager from the assembled home (.cache/flink-*), and
+#          Beam's Flink job server in front of it (job API 8099, artifacts 8098, and the expansion
+#          service 8097 that expands the Java KafkaIO for the Python streaming pipeline)
 # Usage: scripts/services.sh {start|stop|status|restart} [kafka|flink|all]   (default: all)
 # State and logs live under .run/ (FLEET_RUN_DIR): .run/logs/{kafka,flink}/, .run/kafka/data/.
 # start is idempotent (a healthy service is left alone); stop leaves no process behind.
@@ -11,6 +13,8 @@ source "$(dirname "$0")/lib.sh"
 KAFKA_DIR="$RUN_DIR/kafka"
 KAFKA_PID="$KAFKA_DIR/kafka.pid"
 KAFKA_TOPICS="${KAFKA_TOPICS:-sensor.readings:4 sensor.alerts:1}"   # name:partitions
+# Record time is the broker's append time: monotone per partition and the arrival time of every
+# reading (timestamp_ingested), also for devices that replay old readings after a reconnection.
 FLINK_CONF="$RUN_DIR/flink/conf"
 FLINK_SLOTS="${FLINK_SLOTS:-4}"
 FLINK_TM_MEMORY="${FLINK_TM_MEMORY:-3g}"
@@ -70,6 +74,7 @@ kafka_start() {
     name=${spec%%:*}; parts=${spec##*:}
     kafka_java org.apache.kafka.tools.TopicCommand --bootstrap-server "127.0.0.1:$KAFKA_PORT" \
       --create --if-not-exists --topic "$name" --partitions "$parts" --replication-factor 1 \
+      --config message.timestamp.type=LogAppendTime \
       >>"$LOG_DIR/kafka/topics.log" 2>&1 || die "could not create topic $name; see $LOG_DIR/kafka/topics.log"
   done
   log "kafka up on 127.0.0.1:$KAFKA_PORT with topics: $KAFKA_TOPICS (start-up $((SECONDS - t0)) s, logs $LOG_DIR/kafka)"
@@ -135,8 +140,27 @@ flink_rest() { curl -sf --max-time 2 "http://127.0.0.1:$FLINK_REST_PORT$1"; }
 flink_has_taskmanager() { flink_rest /overview | grep -q '"taskmanagers":[1-9]'; }
 flink_pids() { pgrep -f "org.apache.flink.runtime.(entrypoint.StandaloneSessionClusterEntrypoint|taskexecutor.TaskManagerRunner).*$FLINK_CONF" || true; }
 
+JOB_SERVER_PID="$RUN_DIR/flink/jobserver.pid"
+EXPANSION_PORT="${EXPANSION_PORT:-8097}"
+ARTIFACT_PORT="${ARTIFACT_PORT:-8098}"
+
+jobserver_start() {
+  if pid_alive "$JOB_SERVER_PID" && port_open "$JOB_SERVER_PORT"; then return; fi
+  [[ -f $JOB_SERVER_JAR ]] || die "job server jar missing: run scripts/setup.sh"
+  mkdir -p "$RUN_DIR/flink/artifacts"
+  nohup java -Xmx1g -jar "$JOB_SERVER_JAR" --flink-master="127.0.0.1:$FLINK_REST_PORT" --job-host=127.0.0.1 \
+    --job-port="$JOB_SERVER_PORT" --artifact-port="$ARTIFACT_PORT" --expansion-port="$EXPANSION_PORT" \
+    --artifacts-dir="$RUN_DIR/flink/artifacts" --flink-conf-dir="$FLINK_CONF" \
+    >"$FLINK_LOG_DIR/jobserver.log" 2>&1 &
+  echo $! > "$JOB_SERVER_PID"
+  wait_for 60 "beam job server" port_open "$EXPANSION_PORT" || { tail -20 "$FLINK_LOG_DIR/jobserver.log" >&2; die "job server did not start"; }
+}
+
 flink_start() {
-  if flink_has_taskmanager; then log "flink already running, REST on 127.0.0.1:$FLINK_REST_PORT"; return; fi
+  if flink_has_taskmanager; then
+    jobserver_start
+    log "flink already running, REST on 127.0.0.1:$FLINK_REST_PORT"; return
+  fi
   [[ -f $FLINK_HOME/.assembled ]] || die "Flink home missing: run scripts/setup.sh"
   local t0=$SECONDS
   flink_write_config
@@ -144,10 +168,12 @@ flink_start() {
     || { cat "$FLINK_LOG_DIR/start.log" >&2; die "flink start scripts failed"; }
   wait_for 90 "flink (JobManager + TaskManager)" flink_has_taskmanager \
     || { tail -30 "$FLINK_LOG_DIR"/*.log >&2; die "flink did not start; see $FLINK_LOG_DIR"; }
-  log "flink up: REST http://127.0.0.1:$FLINK_REST_PORT, $FLINK_SLOTS slots (start-up $((SECONDS - t0)) s, logs $FLINK_LOG_DIR)"
+  jobserver_start
+  log "flink up: REST http://127.0.0.1:$FLINK_REST_PORT, $FLINK_SLOTS slots, job server 127.0.0.1:$JOB_SERVER_PORT (expansion $EXPANSION_PORT) (start-up $((SECONDS - t0)) s, logs $FLINK_LOG_DIR)"
 }
 
 flink_stop() {
+  stop_pid "$JOB_SERVER_PID" "beam job server"
   [[ -n $(flink_pids) ]] || { log "flink not running"; return 0; }
   { "$FLINK_HOME/bin/taskmanager.sh" stop-all; "$FLINK_HOME/bin/jobmanager.sh" stop-all; } >"$FLINK_LOG_DIR/stop.log" 2>&1 || true
   for _ in $(seq 60); do [[ -z $(flink_pids) ]] && break; sleep 0.5; done
