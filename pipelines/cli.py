@@ -8,11 +8,34 @@ import os
 import warnings
 
 
+def _tolerate_repeated_options() -> None:
+    """Each pipeline's PipelineOptions subclass defines --lake (and a few other shared options);
+    Beam builds one parser from every subclass imported in the process (get_all_options), which
+    fails on the repeated option string once two pipelines are imported together (tests, a driver
+    running several stages). Shared options have the same meaning everywhere, so let the later
+    definition replace the earlier one instead of failing."""
+    from apache_beam.options import pipeline_options as po
+    parser_cls = po._BeamArgumentParser
+    if getattr(parser_cls, "_fleet_tolerant", False):
+        return
+    original = parser_cls.__init__
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("conflict_handler", "resolve")
+        original(self, *args, **kwargs)
+
+    parser_cls.__init__ = __init__
+    parser_cls._fleet_tolerant = True
+
+
+_tolerate_repeated_options()
+
+
 def setup_logging(level: str = "INFO") -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     warnings.filterwarnings("ignore", category=FutureWarning)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    for noisy in ("apache_beam.runners.worker", "kafka", "absl"):
+    for noisy in ("apache_beam.runners.worker", "apache_beam.typehints.native_type_compatibility", "kafka", "absl"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 

@@ -60,7 +60,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--bootstrap-servers", default="127.0.0.1:9092", help="Kafka bootstrap servers")
     g.add_argument("--topic", default="sensor.readings", help="Kafka topic for readings")
     g.add_argument("--stream-start", type=cli.utc_datetime, default=None,
-                   help="simulated start time, UTC (default: now, to the second)")
+                   help="simulated start time, UTC (default: so that the simulated clock reaches the wall "
+                        "clock as the stream ends: readings never arrive before their own time)")
     g.add_argument("--stream-minutes", type=float, default=10.0, help="simulated minutes to produce")
     g.add_argument("--acceleration", type=float, default=1.0,
                    help="simulated seconds per wall-clock second (0: as fast as possible)")
@@ -149,15 +150,17 @@ def main(argv: list[str] | None = None) -> int:
         write_ground_truth(Path(args.ground_truth or truth_dir / "backfill.jsonl"), incidents)
 
     if args.stream:
-        start = args.stream_start or dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
         sim_seconds = args.stream_minutes * 60
-        end = start + dt.timedelta(seconds=sim_seconds)
-        incidents = plan_incidents(fleet, start, end, args.seed + 1, args.interval, plan)
-        incidents += _unknown_device_incidents(extra, start, end)
         acceleration = args.acceleration
         if args.rate:
             per_sim_second = 5 * (len(fleet) + len(extra)) / args.interval
             acceleration = args.rate / per_sim_second
+        wall_seconds = sim_seconds / acceleration if acceleration > 0 else 0
+        start = args.stream_start or (dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
+                                      - dt.timedelta(seconds=sim_seconds - wall_seconds))
+        end = start + dt.timedelta(seconds=sim_seconds)
+        incidents = plan_incidents(fleet, start, end, args.seed + 1, args.interval, plan)
+        incidents += _unknown_device_incidents(extra, start, end)
         cfg = StreamConfig(
             bootstrap_servers=args.bootstrap_servers, topic=args.topic, start=start, sim_seconds=sim_seconds,
             interval_s=args.interval, acceleration=acceleration, batch_size=args.batch_size,

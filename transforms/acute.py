@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import typing
 import zlib
 from collections import Counter
 
@@ -155,7 +156,8 @@ class AcuteRules(beam.PTransform):
 
     def expand(self, readings):
         return (readings
-                | "Enrich" >> beam.ParDo(_EnrichFn(self._lake, self._shards, self._ttl))
+                | "Enrich" >> beam.ParDo(_EnrichFn(self._lake, self._shards, self._ttl)).with_output_types(
+                    typing.Tuple[int, typing.Any])    # an int key: a deterministic coder for the state
                 | "EvaluatePerShard" >> beam.ParDo(_RulesFn(self._config)))
 
 

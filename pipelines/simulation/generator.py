@@ -79,7 +79,7 @@ def normal_values(devices: list[Device], grid: Grid, seed: int) -> dict[str, np.
         "discharge_pressure": param("suction_kpa") * param("compression_ratio")
         * (1 + 0.03 * ambient_effect) * (1 + 0.012 * n[2]),
         "vibration": np.maximum(param("vibration_mm_s") * (1 + 0.06 * n[3]), 0.05),
-        "temperature": param("setpoint_c") + 0.6 * np.sin(2 * np.pi * grid.t / 1800.0 + day) + 0.15 * n[4],
+        "temperature": param("setpoint_c") + 0.6 * np.sin(2 * np.pi * grid.t / 1800.0 + day) + 0.05 * n[4],
     }
 
 
