@@ -5,7 +5,12 @@
         -> batches of messages -> decode (Arrow) --+--> landing + deadletter commits per interval
                                                    +--> acute rules per device shard -> alerts
 
-Run it on the local Flink (see README) or, for a quick look, on the DirectRunner. Kafka security
+On the local Flink (scripts/services.sh start):
+  python -m pipelines.streaming --runner=PortableRunner --job_endpoint=127.0.0.1:8099 \
+      --environment_type=LOOPBACK --default_environment_type=EMBEDDED --max_bundle_time_mills=100
+Java KafkaIO needs an expansion service (--expansion_service); the Python DirectRunner cannot run
+it (no Docker for the Java SDK here), so DirectRunner tests feed the same graph from TestStream.
+Kafka security
 settings go in --kafka_config (JSON); values like "${SASL_PASSWORD}" are read from the environment
 so that no secret is written in code, command lines or logs.
 """
@@ -54,8 +59,9 @@ class StreamingOptions(PipelineOptions):
                        help="how often workers reload the device registry")
         g.add_argument("--batch_messages", type=int, default=500,
                        help="Kafka messages decoded together into one Arrow batch (upper bound)")
-        g.add_argument("--expansion_service", default="127.0.0.1:8097",
-                       help="Beam expansion service for the Java KafkaIO (the Flink job server's expansion port)")
+        g.add_argument("--expansion_service", default="127.0.0.1:8096",
+                       help="Beam expansion service for the Java KafkaIO; scripts/services.sh runs one with the "
+                            "legacy (non-SDF) read and the EMBEDDED environment, which is what works on Flink")
         g.add_argument("--max_num_records", type=int, default=None,
                        help="stop after this many Kafka records (bounded runs and tests only)")
 

@@ -48,7 +48,9 @@ command -v javap >/dev/null || die "javap not found (needed to check the patched
 
 # Hash of every file under patches/ (relative names + contents), so editing a patch rebuilds.
 patches_sha=$(cd "$PATCH_DIR" && find . -type f -print0 | LC_ALL=C sort -z | xargs -0 sha256sum | sha256sum | cut -d' ' -f1)
-want_stamp="beam=$BEAM_MODULE_H1 pom=$(sha256sum "$POM" | cut -d' ' -f1) patches=$patches_sha"
+# our own Java sources are part of the build too
+sources_sha=$(find "$PROJECT_ROOT/jvm/flink-job-server/src" -type f -print0 | sort -z | xargs -0 sha256sum | sha256sum | cut -d' ' -f1)
+want_stamp="beam=$BEAM_MODULE_H1 pom=$(sha256sum "$POM" | cut -d' ' -f1) patches=$patches_sha sources=$sources_sha"
 if ! $force && [[ -f $JOB_SERVER_JAR && -f $STAMP && $(cat "$STAMP") == "$want_stamp" ]]; then
   log "job server: $JOB_SERVER_JAR is up to date (use --force to rebuild)"
   exit 0

@@ -2,8 +2,9 @@
 # Local services for development, tests and run_local.sh, all bound to 127.0.0.1:
 #   kafka  single-node KRaft broker from the Maven-resolved jars (jvm/pom.xml), topics created
 #   flink  Flink 1.20 JobManager + TaskManager from the assembled home (.cache/flink-*), and
-#          Beam's Flink job server in front of it (job API 8099, artifacts 8098, and the expansion
-#          service 8097 that expands the Java KafkaIO for the Python streaming pipeline)
+#          Beam's Flink job server in front of it (job API 8099, artifacts 8098, expansion 8097), and
+#          the expansion service the streaming pipeline uses for the Java KafkaIO (8096: the legacy,
+#          non-SDF read, run EMBEDDED in the TaskManager; see pipelines/streaming.py)
 # Usage: scripts/services.sh {start|stop|status|restart} [kafka|flink|all]   (default: all)
 # State and logs live under .run/ (FLEET_RUN_DIR): .run/logs/{kafka,flink}/, .run/kafka/data/.
 # start is idempotent (a healthy service is left alone); stop leaves no process behind.
@@ -17,7 +18,8 @@ KAFKA_TOPICS="${KAFKA_TOPICS:-sensor.readings:4 sensor.alerts:1}"   # name:parti
 # reading (timestamp_ingested), also for devices that replay old readings after a reconnection.
 FLINK_CONF="$RUN_DIR/flink/conf"
 FLINK_SLOTS="${FLINK_SLOTS:-4}"
-FLINK_TM_MEMORY="${FLINK_TM_MEMORY:-3g}"
+FLINK_TM_MEMORY="${FLINK_TM_MEMORY:-4g}"
+FLINK_TM_METASPACE="${FLINK_TM_METASPACE:-1536m}"
 export FLINK_CONF_DIR="$FLINK_CONF" FLINK_LOG_DIR="$LOG_DIR/flink" FLINK_PID_DIR="$RUN_DIR/flink"
 
 pid_alive() { [[ -f $1 ]] && kill -0 "$(cat "$1")" 2>/dev/null; }
@@ -124,7 +126,8 @@ taskmanager:
   bind-host: 127.0.0.1
   host: 127.0.0.1
   numberOfTaskSlots: $FLINK_SLOTS
-  memory: {process: {size: $FLINK_TM_MEMORY}}
+  # each Beam job leaks class metadata in the TaskManager; the default 256m lasts 3 jobs
+  memory: {process: {size: $FLINK_TM_MEMORY}, jvm-metaspace: {size: $FLINK_TM_METASPACE}}
 parallelism: {default: 1}
 rest:
   address: 127.0.0.1
@@ -142,6 +145,8 @@ flink_pids() { pgrep -f "org.apache.flink.runtime.(entrypoint.StandaloneSessionC
 
 JOB_SERVER_PID="$RUN_DIR/flink/jobserver.pid"
 EXPANSION_PORT="${EXPANSION_PORT:-8097}"
+KAFKA_EXPANSION_PORT="${KAFKA_EXPANSION_PORT:-8096}"
+KAFKA_EXPANSION_PID="$RUN_DIR/flink/kafka-expansion.pid"
 ARTIFACT_PORT="${ARTIFACT_PORT:-8098}"
 
 jobserver_start() {
@@ -156,9 +161,20 @@ jobserver_start() {
   wait_for 60 "beam job server" port_open "$EXPANSION_PORT" || { tail -20 "$FLINK_LOG_DIR/jobserver.log" >&2; die "job server did not start"; }
 }
 
+kafka_expansion_start() {
+  if pid_alive "$KAFKA_EXPANSION_PID" && port_open "$KAFKA_EXPANSION_PORT"; then return; fi
+  nohup java -Xmx512m -cp "$JOB_SERVER_JAR" io.compressorfleet.jvm.LoopbackExpansionService 127.0.0.1 \
+    "$KAFKA_EXPANSION_PORT" --experiments=use_deprecated_read --defaultEnvironmentType=EMBEDDED \
+    >"$FLINK_LOG_DIR/kafka-expansion.log" 2>&1 &
+  echo $! > "$KAFKA_EXPANSION_PID"
+  wait_for 60 "kafka expansion service" port_open "$KAFKA_EXPANSION_PORT" \
+    || { tail -20 "$FLINK_LOG_DIR/kafka-expansion.log" >&2; die "kafka expansion service did not start"; }
+}
+
 flink_start() {
   if flink_has_taskmanager; then
     jobserver_start
+    kafka_expansion_start
     log "flink already running, REST on 127.0.0.1:$FLINK_REST_PORT"; return
   fi
   [[ -f $FLINK_HOME/.assembled ]] || die "Flink home missing: run scripts/setup.sh"
@@ -169,10 +185,12 @@ flink_start() {
   wait_for 90 "flink (JobManager + TaskManager)" flink_has_taskmanager \
     || { tail -30 "$FLINK_LOG_DIR"/*.log >&2; die "flink did not start; see $FLINK_LOG_DIR"; }
   jobserver_start
+  kafka_expansion_start
   log "flink up: REST http://127.0.0.1:$FLINK_REST_PORT, $FLINK_SLOTS slots, job server 127.0.0.1:$JOB_SERVER_PORT (expansion $EXPANSION_PORT) (start-up $((SECONDS - t0)) s, logs $FLINK_LOG_DIR)"
 }
 
 flink_stop() {
+  stop_pid "$KAFKA_EXPANSION_PID" "kafka expansion service"
   stop_pid "$JOB_SERVER_PID" "beam job server"
   [[ -n $(flink_pids) ]] || { log "flink not running"; return 0; }
   { "$FLINK_HOME/bin/taskmanager.sh" stop-all; "$FLINK_HOME/bin/jobmanager.sh" stop-all; } >"$FLINK_LOG_DIR/stop.log" 2>&1 || true

@@ -67,8 +67,8 @@ def build(lake: str, minutes: int = 80, devices: int = 8, interval_s: float = 10
                 emit(key, body, ts_ms, ids)
         if wire_faults and n_faults < len(WIRE_FAULTS) and t.minute % 7 == 0 and t.second == 0:
             fault = sorted(WIRE_FAULTS)[n_faults]
-            template = {"event_id": "", "device_id": fleet[5].device_id, "sensor_type": "temperature",
-                        "value": 2.0, "unit": "C", "ts": int(t.timestamp() * 1000)}
+            template = {"event_id": "", "device_id": fleet[5].device_id, "sensor_type": "discharge_pressure",
+                        "value": 1400.0, "unit": "kPa", "ts": int(t.timestamp() * 1000)}
             body, bad, good = wire.wire_fault_message(fault, 0, template)
             emit(fleet[5].device_id, body, int(t.timestamp() * 1000), bad + good)
             rejected.update(bad)

@@ -105,9 +105,11 @@ def stream(devices: list[Device], incidents: list[Incident], cfg: StreamConfig, 
                 producer.poll(0)
         for fault, n in schedule.get(b, []):
             device = devices[(b + n) % len(devices)]
-            # the good readings around a fault carry the device's own level, so rules see no jump
-            template = {"event_id": "", "device_id": device.device_id, "sensor_type": "temperature",
-                        "value": round(device.setpoint_c, 2), "unit": "C", "ts": int(b_start.timestamp() * 1000)}
+            # the good readings around a fault are discharge pressures at the device's own level:
+            # no acute rule watches that sensor, so injected faults never look like failures
+            template = {"event_id": "", "device_id": device.device_id, "sensor_type": "discharge_pressure",
+                        "value": round(device.suction_kpa * device.compression_ratio, 1), "unit": "kPa",
+                        "ts": int(b_start.timestamp() * 1000)}
             body, bad_ids, good = wire.wire_fault_message(fault, n, template)
             producer.produce(cfg.topic, body, key=device.device_id, timestamp=template["ts"], on_delivery=on_delivery)
             result.messages += 1
