@@ -133,8 +133,9 @@ SCORES = pa.schema([
     _req("score", pa.float64()),
     _req("threshold", pa.float64()),
     _req("is_anomaly", pa.bool_()),
-    _req("top_features", pa.list_(pa.string())),
+    _req("top_features", pa.list_(pa.string())),   # of anomalous windows: largest contributions first
     _req("scored_at", UTC_TS),
+    _req("date", pa.date32()),              # UTC date of window_start (partition)
 ])
 
 ALERT_SEVERITIES = ("CRITICAL", "HIGH", "WARNING")
@@ -176,7 +177,7 @@ TABLES: dict[str, Table] = {t.name: t for t in [
     Table("clean_sensor_readings", "clean/sensor_readings", CLEAN_SENSOR_READINGS, ("date",)),
     Table("quarantine", "quarantine", QUARANTINE),
     Table("features", "features", FEATURES, ("window_size", "date")),
-    Table("scores", "scores", SCORES),
+    Table("scores", "scores", SCORES, ("date",)),
     Table("alerts", "alerts", ALERTS),
     Table("devices", "registry/devices", DEVICES),
     Table("archive_raw_sensor_readings", "archive/raw_sensor_readings", ARCHIVE_RAW_SENSOR_READINGS,

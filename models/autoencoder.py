@@ -1,0 +1,91 @@
+"""Dense autoencoder (TensorFlow/Keras) on device-relative features.
+
+Input: the robust z-scores of a window (clipped); the network compresses them through a small
+bottleneck and reconstructs ``z / INPUT_SCALE``. Anomaly score = mean squared reconstruction error;
+a feature's contribution = its squared error (the features the model could not explain).
+Training is deterministic: fixed seeds, deterministic ops, one thread.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+
+import numpy as np
+
+INPUT_SCALE = 3.0
+INPUT_CLIP = 10.0
+
+
+def _tf():
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import tensorflow as tf
+    return tf
+
+
+def deterministic(seed: int) -> None:
+    tf = _tf()
+    tf.keras.utils.set_random_seed(seed)
+    tf.config.experimental.enable_op_determinism()
+    for setter in (tf.config.threading.set_inter_op_parallelism_threads,
+                   tf.config.threading.set_intra_op_parallelism_threads):
+        try:
+            setter(1)
+        except RuntimeError:       # the runtime is already initialised: keep its thread pools
+            pass
+
+
+def build(n_features: int, hidden: tuple[int, ...] = (16, 6)):
+    tf = _tf()
+    layers = tf.keras.layers
+    inputs = tf.keras.Input(shape=(n_features,), name="z")
+    x = layers.Rescaling(1.0 / INPUT_SCALE)(inputs)
+    for i, units in enumerate(hidden):
+        x = layers.Dense(units, activation="tanh", name=f"enc{i}")(x)
+    for i, units in enumerate(reversed(hidden[:-1])):
+        x = layers.Dense(units, activation="tanh", name=f"dec{i}")(x)
+    outputs = layers.Dense(n_features, activation="linear", name="reconstruction")(x)
+    model = tf.keras.Model(inputs, outputs, name="autoencoder")
+    model.compile(optimizer=tf.keras.optimizers.Adam(1e-3), loss="mse")
+    return model
+
+
+def prepare(z: np.ndarray) -> np.ndarray:
+    return np.clip(z, -INPUT_CLIP, INPUT_CLIP).astype(np.float32)
+
+
+def fit(z: np.ndarray, seed: int, epochs: int = 30, batch_size: int = 256, hidden: tuple[int, ...] = (16, 6)):
+    deterministic(seed)
+    x = prepare(z)
+    model = build(x.shape[1], hidden)
+    history = model.fit(x, x / INPUT_SCALE, epochs=epochs, batch_size=batch_size, shuffle=True, verbose=0)
+    return model, [float(v) for v in history.history["loss"]]
+
+
+def errors(model, z: np.ndarray) -> np.ndarray:
+    """Per-feature squared reconstruction errors."""
+    x = prepare(z)
+    if len(x) == 0:
+        return np.zeros((0, z.shape[1]))
+    recon = np.asarray(model(x, training=False))
+    return (x / INPUT_SCALE - recon).astype(np.float64) ** 2
+
+
+def anomaly_score(model, z: np.ndarray) -> np.ndarray:
+    return errors(model, z).mean(axis=1)
+
+
+def to_bytes(model) -> bytes:
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, "model.keras")
+        model.save(path)
+        with open(path, "rb") as fh:
+            return fh.read()
+
+
+def from_bytes(payload: bytes):
+    tf = _tf()
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, "model.keras")
+        with open(path, "wb") as fh:
+            fh.write(payload)
+        return tf.keras.models.load_model(path, compile=False)

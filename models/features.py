@@ -1,0 +1,136 @@
+"""Model inputs: the feature columns the models use, and each device's own baseline.
+
+Devices differ a lot (rated current, suction pressure, setpoint...), so a fleet-wide model on raw
+features mostly learns which device is which, and a slow drift of one device stays inside the
+fleet's spread. Every model therefore sees *device-relative* features: the robust z-score of each
+feature against the device's own training baseline,
+
+    z = (x - median_device) / max(1.4826 * MAD_device, floor)
+
+where ``floor`` is a quarter of the fleet's typical within-device scale of that feature (a stuck
+or very quiet sensor would otherwise make a tiny MAD and huge z). A device with too few training
+windows falls back to the fleet baseline (median and scale over all windows). Missing values
+(a sensor without readings in a window) become z = 0 (no evidence), and z is clipped to +-clip.
+"""
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from schemas.contracts import CROSS_FEATURES
+from schemas.sensors import SENSOR_TYPES
+
+MODEL_STATS = ("mean", "std", "min", "max", "slope")
+MODEL_FEATURES: tuple[str, ...] = tuple(f"{s}_{stat}" for s in SENSOR_TYPES for stat in MODEL_STATS) + \
+    tuple(CROSS_FEATURES)
+MAD_TO_SIGMA = 1.4826
+
+
+def matrix(table: pa.Table, columns=MODEL_FEATURES) -> np.ndarray:
+    """The feature columns as a float64 matrix (NaN where null)."""
+    if table.num_rows == 0:
+        return np.zeros((0, len(columns)))
+    return np.column_stack([table[c].cast(pa.float64()).combine_chunks().to_numpy(zero_copy_only=False)
+                            .astype(np.float64) if c in table.column_names else np.full(table.num_rows, np.nan)
+                            for c in columns])
+
+
+@dataclass
+class DeviceBaseline:
+    columns: tuple[str, ...]
+    devices: np.ndarray            # device ids, sorted
+    median: np.ndarray             # devices x features
+    scale: np.ndarray              # devices x features (already floored)
+    fleet_median: np.ndarray       # features
+    fleet_scale: np.ndarray        # features
+    clip: float = 20.0
+
+    @classmethod
+    def fit(cls, device_ids: np.ndarray, x: np.ndarray, columns=MODEL_FEATURES, min_windows: int = 24,
+            clip: float = 20.0, floor_fraction: float = 0.25) -> "DeviceBaseline":
+        device_ids = np.asarray(device_ids, dtype=object)
+        devices, inverse = np.unique(device_ids.astype(str), return_inverse=True)
+        med = np.full((len(devices), x.shape[1]), np.nan)
+        mad = np.full((len(devices), x.shape[1]), np.nan)
+        counts = np.bincount(inverse, minlength=len(devices))
+        order = np.argsort(inverse, kind="stable")
+        bounds = np.r_[0, np.cumsum(counts)]
+        for i in range(len(devices)):
+            rows = x[order[bounds[i]:bounds[i + 1]]]
+            if len(rows) >= min_windows:
+                with np.errstate(all="ignore"):
+                    import warnings
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore", RuntimeWarning)
+                        m = np.nanmedian(rows, axis=0)
+                        med[i] = m
+                        mad[i] = np.nanmedian(np.abs(rows - m), axis=0)
+        with np.errstate(all="ignore"):
+            import warnings
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
+                fleet_median = np.nan_to_num(np.nanmedian(x, axis=0))
+                fleet_scale = MAD_TO_SIGMA * np.nanmedian(np.abs(x - fleet_median), axis=0)
+                typical = np.nanmedian(MAD_TO_SIGMA * mad, axis=0)      # typical within-device scale
+        typical = np.where(np.isfinite(typical) & (typical > 0), typical, np.nan_to_num(fleet_scale))
+        floor = np.maximum(floor_fraction * typical, 1e-9)
+        fleet_scale = np.maximum(np.nan_to_num(fleet_scale), floor)
+        scale = np.maximum(MAD_TO_SIGMA * mad, floor)
+        known = np.isfinite(med)
+        med = np.where(known, med, fleet_median)
+        scale = np.where(known & np.isfinite(scale), scale, fleet_scale)
+        return cls(tuple(columns), devices, med, scale, fleet_median, fleet_scale, clip)
+
+    def _rows(self, device_ids: np.ndarray) -> np.ndarray:
+        """Index of each device in the baseline, -1 for devices it does not know."""
+        ids = np.asarray(device_ids).astype(str)
+        pos = np.searchsorted(self.devices, ids)
+        pos = np.minimum(pos, max(len(self.devices) - 1, 0))
+        found = (len(self.devices) > 0) & (self.devices[pos] == ids) if len(self.devices) else np.zeros(len(ids), bool)
+        return np.where(found, pos, -1)
+
+    def transform(self, device_ids: np.ndarray, x: np.ndarray) -> np.ndarray:
+        rows = self._rows(device_ids)
+        med = np.where((rows >= 0)[:, None], self.median[np.maximum(rows, 0)], self.fleet_median)
+        scale = np.where((rows >= 0)[:, None], self.scale[np.maximum(rows, 0)], self.fleet_scale)
+        z = (x - med) / scale
+        return np.clip(np.nan_to_num(z, nan=0.0, posinf=self.clip, neginf=-self.clip),
+                       -self.clip, self.clip).astype(np.float32)
+
+    def known(self, device_ids: np.ndarray) -> np.ndarray:
+        return self._rows(device_ids) >= 0
+
+    # persistence: one Parquet file (device rows + a fleet row with device_id null)
+    def to_bytes(self) -> bytes:
+        n = len(self.devices)
+        cols = {"device_id": pa.array(list(self.devices) + [None], pa.string())}
+        for j, c in enumerate(self.columns):
+            cols[f"median__{c}"] = pa.array(np.r_[self.median[:, j], self.fleet_median[j]], pa.float64())
+            cols[f"scale__{c}"] = pa.array(np.r_[self.scale[:, j], self.fleet_scale[j]], pa.float64())
+        table = pa.table(cols).replace_schema_metadata({"clip": str(self.clip), "devices": str(n)})
+        buf = io.BytesIO()
+        pq.write_table(table, buf, compression="zstd")
+        return buf.getvalue()
+
+    @classmethod
+    def from_bytes(cls, payload: bytes) -> "DeviceBaseline":
+        table = pq.read_table(io.BytesIO(payload))
+        columns = tuple(c[len("median__"):] for c in table.column_names if c.startswith("median__"))
+        med = np.column_stack([table[f"median__{c}"].to_numpy() for c in columns])
+        scale = np.column_stack([table[f"scale__{c}"].to_numpy() for c in columns])
+        ids = table["device_id"].to_pylist()
+        clip = float(table.schema.metadata[b"clip"])
+        return cls(columns, np.array(ids[:-1], dtype=str), med[:-1], scale[:-1], med[-1], scale[-1], clip)
+
+
+def top_features(contrib: np.ndarray, columns=MODEL_FEATURES, k: int = 3) -> list[list[str]]:
+    """Names of the k largest contributions of each row (descending)."""
+    if contrib.shape[0] == 0:
+        return []
+    idx = np.argsort(-contrib, axis=1, kind="stable")[:, :k]
+    names = np.asarray(columns, dtype=object)
+    return [list(names[r]) for r in idx]

@@ -1,0 +1,226 @@
+"""Detection quality of batch scoring against the simulator's ground truth.
+
+Reads the scores table (one window size; the newest score of each device x window x model) and
+the simulator's ground-truth JSON Lines, and reports per failure mode and per model (and the
+ensemble):
+
+  * incidents: failures of that mode that start inside the scored span (failures that started
+    earlier, e.g. inside the training span, cannot be judged and are listed as skipped);
+  * recall: share of those incidents detected in time: a flagged window of the device that
+    overlaps the failure and, for the gradual modes, ends no later than the moment the failure
+    turns acute (the point of batch scoring is to catch them before that); acute ones: any
+    flagged window overlapping the failure;
+  * precision (window level): TP / (TP + FP), TP = flagged windows inside that mode's failures
+    (gradual damage persists after its span, so all later windows of that device count), FP =
+    flagged windows of devices and times with no failure and no data fault. FP is not
+    attributable to a mode, so every mode is charged all of them (conservative);
+  * median delay: from failure start to the end of the first flagged window (when batch scoring
+    can first see it), hours;
+  * per model: false-positive rate on normal windows and overall window precision.
+
+Windows that overlap a data fault (stuck value, dropout, duplicates, replay, out-of-range) are
+neither TP nor FP. Acute failures that follow a gradual one ("acute_after_gradual") are on devices
+already flagged by their gradual phase and are not scored separately.
+
+examples:
+  python -m pipelines.evaluate --lake ./data/lake
+  python -m pipelines.evaluate --window_size 1h --ground_truth ./data/ground_truth/backfill.jsonl --json report.json
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as pads
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from models.ensemble import ENSEMBLE, MODELS
+from pipelines import cli
+from pipelines.simulation.incidents import ACUTE_MODES, GRADUAL_MODES
+from transforms import lake
+
+log = logging.getLogger("evaluate")
+ROW_FAULTS = ("stuck_value", "dropout", "duplicates", "replay", "out_of_range")
+MODE_ORDER = list(GRADUAL_MODES) + list(ACUTE_MODES)
+
+
+def load_truth(path: str | Path) -> list[dict]:
+    rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    for r in rows:
+        r["start_s"] = dt.datetime.fromisoformat(r["start"]).timestamp()
+        r["end_s"] = dt.datetime.fromisoformat(r["end"]).timestamp()
+    return rows
+
+
+def load_scores(lake_root: str, window_size: str, since: dt.datetime | None = None) -> pa.Table:
+    table = lake.open_table(lake_root, "scores")
+    if table is None:
+        raise SystemExit("evaluate: no scores table")
+    expr = pads.field("window_size") == window_size
+    if since is not None:
+        expr = expr & (pads.field("date") >= pa.scalar(since.date(), pa.date32()))
+    data = table.to_pyarrow_dataset().to_table(
+        filter=expr, columns=["device_id", "window_start", "window_end", "model", "model_version", "score",
+                              "threshold", "is_anomaly", "scored_at"])
+    # newest score per device x window x model (a window rescored after a late reading)
+    data = data.sort_by([("model", "ascending"), ("device_id", "ascending"), ("window_start", "ascending"),
+                         ("scored_at", "descending")])
+    key = [data[c].to_pylist() for c in ("model", "device_id", "window_start")]
+    keep = np.ones(data.num_rows, bool)
+    for i in range(1, data.num_rows):
+        if key[0][i] == key[0][i - 1] and key[1][i] == key[1][i - 1] and key[2][i] == key[2][i - 1]:
+            keep[i] = False
+    return data.filter(pa.array(keep))
+
+
+def evaluate(scores: pa.Table, truth: list[dict], eval_from: dt.datetime | None = None) -> dict:
+    models = [m for m in list(MODELS) + [ENSEMBLE] if m in set(scores["model"].to_pylist())]
+    report: dict = {"models": {}, "skipped_incidents": []}
+    ws_all = np.array([t.timestamp() for t in scores["window_start"].to_pylist()])
+    span_lo = eval_from.timestamp() if eval_from else ws_all.min()
+    span_hi = np.array([t.timestamp() for t in scores["window_end"].to_pylist()]).max()
+    failures = [r for r in truth if r["kind"] == "failure" and r.get("category") in ("acute", "gradual")]
+    evaluable = [r for r in failures if span_lo <= r["start_s"] < span_hi]
+    report["skipped_incidents"] = [f"{r['mode']}@{r['device_id']} (starts {r['start']})" for r in failures
+                                   if r not in evaluable]
+    faults = defaultdict(list)
+    for r in truth:
+        if r["kind"] == "data_fault" and r["mode"] in ROW_FAULTS:
+            faults[r["device_id"]].append((r["start_s"], r["end_s"]))
+    failure_spans = defaultdict(list)
+    for r in truth:
+        if r["kind"] == "failure":
+            end = np.inf if r["category"] == "gradual" else r["end_s"]
+            failure_spans[r["device_id"]].append((r["start_s"], end, r["mode"], r["category"]))
+    report["span"] = [dt.datetime.fromtimestamp(span_lo, dt.timezone.utc).isoformat(),
+                      dt.datetime.fromtimestamp(span_hi, dt.timezone.utc).isoformat()]
+    for model in models:
+        part = scores.filter(pc.equal(scores["model"], model))
+        dev = np.asarray(part["device_id"].to_pylist(), dtype=object)
+        ws = np.array([t.timestamp() for t in part["window_start"].to_pylist()])
+        we = np.array([t.timestamp() for t in part["window_end"].to_pylist()])
+        flag = np.asarray(part["is_anomaly"].to_pylist(), bool)
+        in_span = ws >= span_lo
+        # window labels: mode of the overlapping failure (gradual ones persist), data fault, or normal
+        label = np.full(len(dev), "", dtype=object)
+        fault = np.zeros(len(dev), bool)
+        by_device = defaultdict(list)
+        for i, d in enumerate(dev):
+            by_device[d].append(i)
+        for d, rows in by_device.items():
+            rows = np.asarray(rows)
+            for s, e, mode, category in failure_spans.get(d, []):
+                hit = rows[(we[rows] > s) & (ws[rows] < e)]
+                name = mode if category != "acute_after_gradual" else ""
+                label[hit] = np.where(label[hit] == "", name or "acute_after_gradual", label[hit])
+            for s, e in faults.get(d, []):
+                fault[rows[(we[rows] > s) & (ws[rows] < e)]] = True
+        normal = in_span & (label == "") & ~fault
+        fp = int((flag & normal).sum())
+        tp_all = int((flag & in_span & (label != "")).sum())
+        rows_out = {}
+        for mode in MODE_ORDER:
+            incs = [r for r in evaluable if r["mode"] == mode]
+            detected, delays = 0, []
+            for r in incs:
+                rows = np.asarray(by_device.get(r["device_id"], []), dtype=int)
+                if not len(rows):
+                    continue
+                if r["category"] == "gradual":
+                    ok = (we[rows] > r["start_s"]) & (we[rows] <= r["end_s"] + 1e-6)
+                else:
+                    ok = (we[rows] > r["start_s"]) & (ws[rows] < r["end_s"])
+                hits = rows[ok & flag[rows]]
+                if len(hits):
+                    detected += 1
+                    delays.append((we[hits].min() - r["start_s"]) / 3600.0)
+            tp = int((flag & in_span & (label == mode)).sum())
+            labelled = int((in_span & (label == mode)).sum())
+            rows_out[mode] = {
+                "category": "gradual" if mode in GRADUAL_MODES else "acute",
+                "incidents": len(incs), "detected": detected,
+                "recall": detected / len(incs) if incs else None,
+                "precision": tp / (tp + fp) if tp + fp else None,
+                "median_delay_h": float(np.median(delays)) if delays else None,
+                "window_recall": tp / labelled if labelled else None,
+            }
+        report["models"][model] = {
+            "modes": rows_out,
+            "normal_windows": int(normal.sum()), "false_positive_windows": fp,
+            "fpr": fp / normal.sum() if normal.sum() else None,
+            "precision": tp_all / (tp_all + fp) if tp_all + fp else None,
+            "version": part["model_version"][0].as_py() if part.num_rows else None,
+        }
+    gradual = [r for r in evaluable if r["category"] == "gradual"]
+    report["gradual_flagged_before_acute"] = {
+        m: f"{sum(v['modes'][g]['detected'] for g in GRADUAL_MODES)}/{len(gradual)}"
+        for m, v in report["models"].items()}
+    return report
+
+
+def _fmt(v, pattern="{:.2f}") -> str:
+    return "-" if v is None else pattern.format(v)
+
+
+def render(report: dict) -> str:
+    lines = [f"detection quality, scored span {report['span'][0]} .. {report['span'][1]}", ""]
+    header = f"| {'mode':<22} | {'model':<16} | incidents | detected | recall | precision | median delay h | window recall |"
+    lines += [header, "|" + "|".join("-" * (len(c)) for c in header.split("|")[1:-1]) + "|"]
+    for mode in MODE_ORDER:
+        for model, m in report["models"].items():
+            r = m["modes"][mode]
+            lines.append(f"| {mode:<22} | {model:<16} | {r['incidents']:>9} | {r['detected']:>8} | "
+                         f"{_fmt(r['recall']):>6} | {_fmt(r['precision']):>9} | {_fmt(r['median_delay_h'], '{:.1f}'):>14} | "
+                         f"{_fmt(r['window_recall']):>13} |")
+    lines += ["", f"| {'model':<16} | version | normal windows | false positives | FPR | window precision | gradual flagged before acute |",
+              "|---|---|---|---|---|---|---|"]
+    for model, m in report["models"].items():
+        lines.append(f"| {model:<16} | {m['version']} | {m['normal_windows']} | {m['false_positive_windows']} | "
+                     f"{_fmt(m['fpr'], '{:.4f}')} | {_fmt(m['precision'])} | {report['gradual_flagged_before_acute'][model]} |")
+    if report["skipped_incidents"]:
+        lines += ["", f"not judged (started before the scored span): {len(report['skipped_incidents'])}: "
+                  + ", ".join(report["skipped_incidents"])]
+    return "\n".join(lines)
+
+
+class EvaluateOptions(PipelineOptions):
+    @classmethod
+    def _add_argparse_args(cls, parser):
+        g = parser.add_argument_group("evaluate")
+        g.add_argument("--lake", default=lake.DEFAULT_LAKE, help="lake root (local path or s3://, gs://, abfss://)")
+        g.add_argument("--ground_truth", default=None,
+                       help="simulator ground truth JSON Lines (default: <lake>/../ground_truth/backfill.jsonl)")
+        g.add_argument("--window_size", default="1h", help="window size of the scores to evaluate")
+        g.add_argument("--eval_from", default=None,
+                       help="judge windows and incidents from this UTC time on (default: the first scored window)")
+        g.add_argument("--json", default=None, help="also write the report as JSON to this file")
+
+
+def run(argv: list[str] | None = None) -> dict:
+    options = cli.parse_pipeline_args(EvaluateOptions, argv, "python -m pipelines.evaluate", __doc__)
+    opts = options.view_as(EvaluateOptions)
+    truth_path = opts.ground_truth or str(Path(opts.lake.removeprefix("file://")).parent / "ground_truth"
+                                          / "backfill.jsonl")
+    since = cli.utc_datetime(opts.eval_from) if opts.eval_from else None
+    report = evaluate(load_scores(opts.lake, opts.window_size, since), load_truth(truth_path), since)
+    print(render(report))
+    if opts.json:
+        Path(opts.json).write_text(json.dumps(report, indent=2, sort_keys=True))
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    cli.setup_logging()
+    run(argv)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,234 @@
+"""Batch scoring of feature windows with RunInference: blocks -> per-model scores -> ensemble ->
+scores rows and model alerts.
+
+    features (Arrow) --Blocks--> (block_id, meta, raw feature matrix)
+        --Normalize[m]--> (block_id, device-relative z)  --RunInference[m]--> (block_id, (scores, contributions))
+    CoGroupByKey(meta, m1, m2, m3) --BuildScores--> scores rows (Arrow) + anomalous ensemble windows
+    anomalous windows --by device--> episodes --> WARNING / HIGH alerts (Arrow)
+"""
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+from dataclasses import dataclass
+
+import apache_beam as beam
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from apache_beam.metrics import Metrics
+from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
+
+from models import ensemble, registry
+from models.features import MODEL_FEATURES, DeviceBaseline, matrix, top_features
+from models.handlers import BASELINE_FILE, handler_for
+from schemas import contracts
+
+APP = "score"
+META_COLUMNS = ["device_id", "window_size", "window_start", "window_end"]
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    name: str
+    version: str
+    path: str
+    kind: str            # sklearn | keras
+    threshold: float
+
+    @classmethod
+    def of(cls, mv: registry.ModelVersion) -> "ModelRef":
+        return cls(mv.name, mv.version, str(mv.path), mv.metadata["kind"], float(mv.metadata["threshold"]))
+
+
+def ensemble_version(models: list[ModelRef]) -> str:
+    return ",".join(f"{m.name}={m.version}" for m in sorted(models, key=lambda m: m.name))
+
+
+def alert_id(device_id: str, rule: str, severity: str, window_start: dt.datetime) -> str:
+    return hashlib.sha1(f"{device_id}|{rule}|{severity}|{window_start.isoformat()}".encode()).hexdigest()[:32]
+
+
+class _Blocks(beam.DoFn):
+    """An Arrow table of feature windows -> blocks of at most `rows` windows: (id, meta, matrix)."""
+
+    def __init__(self, window_size: str, rows: int):
+        self._ws, self._rows = window_size, rows
+        self._windows = Metrics.counter(APP, "windows_in")
+
+    def process(self, element):
+        source, data = element
+        data = data.filter(pc.equal(data["window_size"], self._ws))
+        if data.num_rows == 0:
+            return
+        data = data.sort_by([("device_id", "ascending"), ("window_start", "ascending")])
+        self._windows.inc(data.num_rows)
+        tag = hashlib.sha1(source.encode()).hexdigest()[:12]
+        for i, lo in enumerate(range(0, data.num_rows, self._rows)):
+            part = data.slice(lo, self._rows)
+            yield f"{tag}-{i:05d}", part.select(META_COLUMNS), matrix(part)
+
+
+class _Normalize(beam.DoFn):
+    """Raw features -> the model version's device-relative z (its baseline, hash-verified)."""
+
+    def __init__(self, model: ModelRef):
+        self._model = model
+
+    def setup(self):
+        self._baseline = DeviceBaseline.from_bytes(registry.read_verified(self._model.path, BASELINE_FILE))
+
+    def process(self, block):
+        block_id, meta, x = block
+        yield block_id, self._baseline.transform(np.asarray(meta["device_id"].to_pylist(), dtype=object), x)
+
+
+class _BuildScores(beam.DoFn):
+    """Joins a block's model outputs: scores rows for each model and the ensemble; anomalous
+    ensemble windows go to the `anomalies` output, keyed by device."""
+
+    ANOMALIES = "anomalies"
+
+    def __init__(self, models: list[ModelRef], high_factor: float, top_k: int, scored_at: dt.datetime):
+        self._models = sorted(models, key=lambda m: m.name)
+        self._high, self._k, self._at = high_factor, top_k, scored_at
+        self._rows = Metrics.counter(APP, "score_rows")
+        self._anomalies = {m.name: Metrics.counter(APP, f"anomalous_windows_{m.name}") for m in self._models}
+        self._anomalies[ensemble.ENSEMBLE] = Metrics.counter(APP, "anomalous_windows_ensemble")
+
+    def process(self, joined):
+        block_id, grouped = joined
+        if any(len(v) != 1 for v in grouped.values()):
+            raise RuntimeError(f"block {block_id}: expected one meta and one result per model, got "
+                               f"{ {k: len(v) for k, v in grouped.items()} }")
+        meta = grouped["meta"][0]
+        n = meta.num_rows
+        scores, contrib = {}, {}
+        for m in self._models:
+            s, c = grouped[m.name][0]
+            scores[m.name], contrib[m.name] = np.asarray(s, np.float64), np.asarray(c, np.float64)
+        thresholds = {m.name: m.threshold for m in self._models}
+        ens = ensemble.combine(scores, thresholds)
+        severity = ensemble.severity(ens, self._high)
+        # ensemble attribution: the features with the largest |z| (the statistical view), or, without
+        # that model, the mean of the models' contributions normalised per row
+        if "statistical" in contrib:
+            ens_contrib = contrib["statistical"]
+        else:
+            ens_contrib = np.mean([c / (c.sum(axis=1, keepdims=True) + 1e-12) for c in contrib.values()], axis=0)
+        outputs = [(m.name, m.version, scores[m.name], m.threshold, contrib[m.name]) for m in self._models]
+        outputs.append((ensemble.ENSEMBLE, ensemble_version(self._models), ens, 1.0, ens_contrib))
+        date = pc.cast(meta["window_start"], pa.date32())
+        parts = []
+        for name, version, s, threshold, c in outputs:
+            flagged = s >= threshold
+            tops = [[] for _ in range(n)]
+            if flagged.any():
+                for i, names in zip(np.flatnonzero(flagged), top_features(c[flagged], MODEL_FEATURES, self._k)):
+                    tops[i] = names
+            self._anomalies[name].inc(int(flagged.sum()))
+            parts.append(pa.table({
+                **{col: meta[col] for col in META_COLUMNS},
+                "model": pa.array([name] * n, pa.string()), "model_version": pa.array([version] * n, pa.string()),
+                "score": pa.array(s, pa.float64()), "threshold": pa.array(np.full(n, threshold), pa.float64()),
+                "is_anomaly": pa.array(flagged), "top_features": pa.array(tops, pa.list_(pa.string())),
+                "scored_at": pa.array([self._at] * n, contracts.UTC_TS), "date": date,
+            }))
+        table = pa.concat_tables(parts).cast(contracts.SCORES)
+        self._rows.inc(table.num_rows)
+        yield table
+        anomalous = np.flatnonzero(ens >= 1.0)
+        if len(anomalous):
+            z_rows = contrib.get("statistical")
+            by_model = {m.name: scores[m.name] for m in self._models}
+            for i in anomalous:
+                tops = top_features(ens_contrib[i:i + 1], MODEL_FEATURES, self._k)[0]
+                detail = {f: round(float(z_rows[i, MODEL_FEATURES.index(f)]), 3) for f in tops} \
+                    if z_rows is not None else {}
+                yield beam.pvalue.TaggedOutput(self.ANOMALIES, (meta["device_id"][i].as_py(), {
+                    "window_start": meta["window_start"][i].as_py(), "window_end": meta["window_end"][i].as_py(),
+                    "score": float(ens[i]), "severity": severity[i], "top_features": tops, "z": detail,
+                    "model_scores": {k: round(float(v[i]), 6) for k, v in by_model.items()},
+                }))
+
+
+class _Episodes(beam.DoFn):
+    """Anomalous windows of one device -> alerts: WARNING when an episode starts, HIGH when it first
+    reaches HIGH. An episode is a run of anomalous windows with gaps of at most `gap` windows; it
+    continues an episode of the previous run when the device's last scored window was anomalous."""
+
+    def __init__(self, window_s: float, gap: int, models: list[ModelRef], prior: dict, detected_at: dt.datetime,
+                 high_factor: float, known: frozenset = frozenset()):
+        self._window_s, self._gap, self._high = window_s, gap, high_factor
+        self._known = known
+        self._versions = {m.name: m.version for m in models}
+        self._thresholds = {m.name: m.threshold for m in models}
+        self._prior, self._at = prior, detected_at
+        self._alerts = Metrics.counter(APP, "alerts")
+
+    def process(self, element):
+        device, windows = element
+        windows = sorted(windows, key=lambda w: w["window_start"])
+        rows = []
+        last_end, level = None, 0
+        prior = self._prior.get(device)
+        if prior:
+            last_end, level = prior["window_end"], {"": 0, "WARNING": 1, "HIGH": 2}[prior["severity"]]
+        for w in windows:
+            new_episode = last_end is None or (w["window_start"] - last_end).total_seconds() > self._gap * self._window_s
+            if new_episode:
+                level = 0
+            current = 2 if w["severity"] == "HIGH" else 1
+            for sev_level, sev in ((1, "WARNING"), (2, "HIGH")):
+                if level < sev_level <= current:
+                    alert = self._alert(device, w, sev)
+                    if alert["alert_id"] not in self._known:      # e.g. a window rescored after late data
+                        rows.append(alert)
+            level = max(level, current)
+            last_end = w["window_end"]
+        self._alerts.inc(len(rows))
+        if rows:
+            yield pa.Table.from_pylist(rows, schema=contracts.ALERTS)
+
+    def _alert(self, device: str, w: dict, severity: str) -> dict:
+        rule = "MODEL_ENSEMBLE"
+        context = {"window_start": w["window_start"].isoformat(), "window_end": w["window_end"].isoformat(),
+                   "model_versions": self._versions, "thresholds": self._thresholds,
+                   "model_scores": w["model_scores"], "top_features": w["top_features"], "z": w["z"]}
+        return {"alert_id": alert_id(device, rule, severity, w["window_start"]), "device_id": device, "rule": rule,
+                "severity": severity, "event_time": w["window_start"], "detected_at": self._at,
+                "value": w["score"], "threshold": 1.0 if severity == "WARNING" else self._high,
+                "context": json.dumps(context, sort_keys=True), "event_id": None}
+
+
+class ScoreWindows(beam.PTransform):
+    """(source, Arrow features table) -> {"scores": Arrow tables, "alerts": Arrow tables}."""
+
+    def __init__(self, models: list[ModelRef], window_size: str, window_s: float, *, block_rows: int = 4096,
+                 high_factor: float = ensemble.DEFAULT_HIGH_FACTOR, top_k: int = 3, episode_gap: int = 2,
+                 prior: dict | None = None, now: dt.datetime | None = None, known_alerts: frozenset = frozenset()):
+        super().__init__()
+        self._models, self._ws, self._window_s = models, window_size, window_s
+        self._block_rows, self._high, self._k, self._gap = block_rows, high_factor, top_k, episode_gap
+        self._prior = prior or {}
+        self._known = frozenset(known_alerts)
+        self._now = now or dt.datetime.now(dt.timezone.utc)
+
+    def expand(self, tables):
+        blocks = tables | "Blocks" >> beam.ParDo(_Blocks(self._ws, self._block_rows))
+        joined = {"meta": blocks | "Meta" >> beam.Map(lambda b: (b[0], b[1]))}
+        for m in self._models:
+            handler = KeyedModelHandler(handler_for(m.kind, m.path))
+            joined[m.name] = (blocks
+                              | f"Normalize_{m.name}" >> beam.ParDo(_Normalize(m))
+                              | f"RunInference_{m.name}" >> RunInference(handler)
+                              | f"Unwrap_{m.name}" >> beam.MapTuple(lambda k, r: (k, r.inference)))
+        built = (joined | "Join" >> beam.CoGroupByKey()
+                 | "BuildScores" >> beam.ParDo(_BuildScores(self._models, self._high, self._k, self._now))
+                 .with_outputs(_BuildScores.ANOMALIES, main="scores"))
+        alerts = (built[_BuildScores.ANOMALIES]
+                  | "ByDevice" >> beam.GroupByKey()
+                  | "Episodes" >> beam.ParDo(_Episodes(self._window_s, self._gap, self._models, self._prior,
+                                                       self._now, self._high, self._known)))
+        return {"scores": built.scores, "alerts": alerts}
