@@ -34,9 +34,17 @@ Vectorised logic (polars/pyarrow over whole Arrow tables) plus the composite PTr
   the gap; fold: the earlier instant). ``date`` is the UTC date of ``timestamp_utc``.
 * Incremental reads: the caller plans which landing versions each output table still needs; a
   row goes to an output only if its landing version is newer than what that table consumed, so a
-  run after a crash between the two commits fills the lagging table alone. Rows that the other
-  table already consumed are counted as ``already_committed``; for every run
+  run after a crash between the two commits fills the lagging table alone (with the registry
+  version the other table was split with). Rows that the other table already consumed are counted
+  as ``already_committed``; for every run
   ``rows_in = clean + quarantined + duplicates removed + already_committed``.
+
+Scale (a 5-minute landing transaction of ~70M rows at the seed's fleet size): landing files are
+read as row-group-sized Arrow tables and split per table (no per-row Python anywhere); only the
+candidates cross a shuffle, as one Arrow table per (input batch, device shard), so ``shards``
+should be a few times the worker count and bounds the memory of one shard to new rows / shards;
+the clean-side read covers the hours the new rows fall into (plus the hour before), which for a
+5-minute transaction is the previous few runs' files, not the 7-day lookback.
 """
 from __future__ import annotations
 
@@ -151,10 +159,14 @@ def prepare(landing: pa.Table, source_version: int, registry: pl.DataFrame, conf
 
 def dedup(new: pl.DataFrame, clean_ids: pl.Series | None) -> tuple[pl.DataFrame, int, int]:
     """Keeps one row per event_id and drops ids already clean: (rows, removed within, removed vs clean)."""
-    n = new.height
-    new = (new.sort(["event_id", "timestamp_ingested", "source_version", "timestamp_utc", "value"])
-           .unique("event_id", keep="first", maintain_order=True))
-    within = n - new.height
+    duplicated = new["event_id"].is_duplicated()
+    within = 0
+    if duplicated.any():        # only the (few) repeated ids need ordering to pick the first copy
+        copies = (new.filter(duplicated)
+                  .sort(["event_id", "timestamp_ingested", "source_version", "timestamp_utc", "value"])
+                  .unique("event_id", keep="first", maintain_order=True))
+        within = int(duplicated.sum()) - copies.height
+        new = pl.concat([new.filter(~duplicated), copies])
     if clean_ids is None or clean_ids.len() == 0:
         return new, within, 0
     kept = new.join(clean_ids.unique().to_frame("event_id"), on="event_id", how="anti", maintain_order="left")
@@ -179,17 +191,24 @@ def stuck_mask(new: pl.DataFrame, context: pl.DataFrame | None, run_length: int)
     return flagged
 
 
+def reasons_array(flags: dict[str, np.ndarray]) -> pa.ListArray:
+    """quality_reasons as an Arrow list column, built from the flag columns (names in list order)."""
+    names = list(flags)
+    matrix = np.stack([flags[n] for n in names], axis=1)
+    offsets = np.concatenate([[0], np.cumsum(matrix.sum(axis=1))]).astype(np.int32)
+    values = np.array(names, dtype=object)[np.nonzero(matrix)[1]]     # row-major: each row's reasons in order
+    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(values, pa.string()))
+
+
 def finish(new: pl.DataFrame, stuck: pl.Series) -> pl.DataFrame:
     """Quality flags and the Contract 2 columns."""
-    flags = [(FUTURE_TIMESTAMP, pl.col("_future")), (OUT_OF_RANGE, pl.col("_out_of_range")),
-             (STUCK_VALUE, pl.col("_stuck"))]
-    reasons = pl.concat_list([pl.when(cond).then(pl.lit(name)).otherwise(pl.lit(None, pl.Utf8))
-                              for name, cond in flags]).list.drop_nulls()
+    flags = {FUTURE_TIMESTAMP: new["_future"].to_numpy(), OUT_OF_RANGE: new["_out_of_range"].to_numpy(),
+             STUCK_VALUE: stuck.to_numpy()}
     bad = pl.col("_future") | pl.col("_out_of_range")
     quality = pl.when(bad).then(pl.lit(BAD)).when(pl.col("_stuck")).then(pl.lit(SUSPECT)).otherwise(pl.lit(GOOD))
-    return (new.with_columns(stuck.alias("_stuck"))
-            .with_columns(reasons.alias("quality_reasons"), quality.alias("quality"),
-                          pl.col("timestamp_utc").dt.date().alias("date"))
+    return (new.with_columns(stuck.alias("_stuck"),
+                             pl.from_arrow(reasons_array(flags)).alias("quality_reasons"))
+            .with_columns(quality.alias("quality"), pl.col("timestamp_utc").dt.date().alias("date"))
             .select(contracts.CLEAN_SENSOR_READINGS.names))
 
 
@@ -252,7 +271,7 @@ def files_overlapping(lake_root: str, table: str, version: int | None, column: s
     actions = dt_.get_add_actions(flatten=True)
     root = lake.table_uri(lake_root, table)
     paths = actions["path"].to_pylist()
-    if f"min.{column}" not in actions.column_names:
+    if f"min.{column}" not in actions.schema.names:
         return [f"{root}/{p}" for p in paths]
     lo, hi = (pc.cast(actions[f"{s}.{column}"], pa.int64()) for s in ("min", "max"))
     missing = to_numpy(pc.or_(pc.is_null(lo), pc.is_null(hi)))
@@ -405,8 +424,9 @@ class _CleanseShard(beam.DoFn):
         if not new:
             return
         ctx = [t for t in groups["ctx"] if t.num_rows]
-        context = pl.from_arrow(pa.concat_tables(ctx)) if ctx else None
-        clean, counts = cleanse_shard(pl.from_arrow(pa.concat_tables(new)), context, self._config)
+        # one contiguous chunk: polars ops over hundreds of small chunks are several times slower
+        context = pl.from_arrow(pa.concat_tables(ctx)).rechunk() if ctx else None
+        clean, counts = cleanse_shard(pl.from_arrow(pa.concat_tables(new)).rechunk(), context, self._config)
         for name, counter in self._counters.items():
             counter.inc(counts[name])
         frame = pl.from_arrow(clean.select(["quality", "quality_reasons"]))
@@ -480,7 +500,7 @@ def landing_files(lake_root: str, after: int, upto: int) -> list[LandingFile]:
     """Files added by landing versions (after, upto], each with its version. Landing is
     append-only: a version that removes data fails the run; compaction (no data change) is skipped."""
     table = lake.open_table(lake_root, LANDING)
-    operations = {h["version"]: h.get("operation") for h in table.history()}
+    operations = {h["version"]: h.get("operation") for h in table.history(table.version() - after)}
     previous = {f.uri for f in delta.snapshot_files(lake_root, LANDING, after)} if after >= 0 else set()
     out: list[LandingFile] = []
     for version in range(after + 1, upto + 1):
@@ -503,16 +523,21 @@ def plan_run(lake_root: str, upto: int | None = None, max_versions: int | None =
     if landing is None:
         return None
     latest = landing.version()
-    after = {CLEAN: consumed(lake_root, CLEAN), QUARANTINE: consumed(lake_root, QUARANTINE)}
+    inputs = {t: lake.last_inputs(lake_root, t, APP) or {} for t in (CLEAN, QUARANTINE)}
+    after = {t: int(i[LANDING][1]) if i.get(LANDING) else -1 for t, i in inputs.items()}
     target = latest if upto is None else min(upto, latest)
     if max_versions:
         target = min(target, min(after.values()) + max_versions)
-    devices = lake.open_table(lake_root, DEVICES)
-    clean = lake.open_table(lake_root, CLEAN)
     read_after = min(after.values())
     files = landing_files(lake_root, read_after, target) if target > read_after else []
+    # repairing a table that lags behind the other: use the registry the other one was split with,
+    # so a device (de)activated in between cannot drop a row from both tables or put it in both
+    ahead = max(after, key=after.get)
+    devices_version = inputs[ahead].get(DEVICES) if after[CLEAN] != after[QUARANTINE] else None
+    devices = lake.open_table(lake_root, DEVICES, devices_version)
+    clean = lake.open_table(lake_root, CLEAN)
     return CleansePlan(
         lake=lake_root, upto=target, after=after, landing_files=tuple(files),
-        devices_files=tuple(delta.snapshot_files(lake_root, DEVICES)) if devices else (),
+        devices_files=tuple(delta.snapshot_files(lake_root, DEVICES, devices.version())) if devices else (),
         devices_version=devices.version() if devices else None,
         clean_version=clean.version() if clean else None)

@@ -181,22 +181,37 @@ def last_inputs(lake: str, table: str, app: str) -> dict | None:
 
 
 def commit_files(lake: str, table: str, files: list[WrittenFile], *, app: str, commit_id: str,
-                 inputs: dict | None = None) -> int:
-    """Commits written files in one Delta transaction; returns the version (idempotent by id)."""
+                 inputs: dict | None = None, mode: str = "append",
+                 partition_filters: list[tuple] | None = None, read_version: int | None = None) -> int:
+    """Commits written files in one Delta transaction; returns the version (idempotent by id).
+
+    ``mode="overwrite"`` with ``partition_filters`` (delta-rs filters, e.g.
+    ``[("date", "in", ["2026-11-18"])]``) also removes the files of the matching partitions in the
+    same transaction, to replace them with ``files``. ``read_version``: the version the caller
+    planned on (read what it replaces from); the commit fails if the table moved on since.
+    """
     existing = find_commit(lake, table, commit_id)
     if existing is not None:
         return existing
+    if mode not in ("append", "overwrite") or (mode == "overwrite" and not partition_filters):
+        raise ValueError(f"commit_files: mode {mode!r}: append, or overwrite with partition_filters "
+                         "(a whole-table overwrite is not offered)")
     t = TABLES[table]
     metadata = {COMMIT_ID: commit_id, COMMIT_APP: app, COMMIT_INPUTS: json.dumps(inputs or {}, sort_keys=True)}
     adds = [f.add_action() for f in files]
     dt = open_table(lake, table)
+    current = dt.version() if dt is not None else None
+    if read_version is not None and current != read_version:
+        raise RuntimeError(f"{table} moved from version {read_version} to {current} while {commit_id} ran; "
+                           "rerun it")
     if dt is None:
         write_new_deltalake(table_uri(lake, t), t.schema, adds, "append", list(t.partition_by), None, None,
                             None, storage_options(), metadata)
     else:
         # deltalake 0.18 has no public call to commit files written elsewhere; this is the one
         # its own pyarrow writer uses.
-        dt._table.create_write_transaction(adds, "append", list(t.partition_by), t.schema, None, metadata)
+        dt._table.create_write_transaction(adds, mode, list(t.partition_by), t.schema,
+                                           partition_filters if mode == "overwrite" else None, metadata)
     version = find_commit(lake, table, commit_id)
     assert version is not None, f"commit {commit_id} to {table} not found after committing"
     return version

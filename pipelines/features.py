@@ -1,0 +1,159 @@
+"""Windowed feature engineering: clean/sensor_readings -> features (one row per device x window).
+
+Per device, tumbling event-time windows (default 15 min, 1 h and 1 day; any set, e.g. 30s for a
+test bench): per sensor mean, std, min, max, last, slope, count and missing ratio over GOOD
+readings, plus cross-sensor features (discharge/suction pressure ratio, current per K of
+temperature lift, a superheat proxy). Incremental by time: a run computes the windows that closed
+since the previous run (watermark = newest ingestion in clean minus --allowed_lateness_seconds)
+and recomputes the closed windows that newly cleansed (late) readings fall into, replacing their
+rows. One Delta commit per run, recording the clean versions consumed and the watermark; TFDV
+validation before it (hard break: the run fails, nothing committed; drift against the baseline:
+reported). Definitions: transforms/features.py.
+
+examples:
+  python -m pipelines.features                                   # 15m, 1h, 1d windows, DirectRunner
+  python -m pipelines.features --window_sizes 30s,5m --sampling_interval_seconds 1
+  python -m pipelines.features --runner=FlinkRunner --flink_master=127.0.0.1:8081 \\
+      --flink_job_server_jar=.cache/jvm/beam/beam-runners-flink-1.20-job-server-2.72.0.jar --environment_type=LOOPBACK
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+import apache_beam as beam
+from apache_beam.metrics.metric import MetricsFilter
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from pipelines import cli
+from pipelines.cleanse import baseline_path, ensure_baseline, rows_in_version
+from transforms import features as ft
+from transforms import lake
+
+log = logging.getLogger("features")
+
+
+class FeaturesOptions(PipelineOptions):
+    @classmethod
+    def _add_argparse_args(cls, parser):
+        g = parser.add_argument_group("features")
+        g.add_argument("--lake", default=lake.DEFAULT_LAKE, help="lake root (local path or s3://, gs://, abfss://)")
+        g.add_argument("--window_sizes", default="15m,1h,1d",
+                       help="comma list of tumbling window sizes, each a number and s, m, h or d")
+        g.add_argument("--allowed_lateness_seconds", type=float, default=60.0,
+                       help="a window is computed once clean holds readings ingested this long after its end; "
+                            "readings later than that make the run recompute the window")
+        g.add_argument("--sampling_interval_seconds", type=float, default=60.0,
+                       help="sampling interval assumed for missing_ratio when a window has too few readings "
+                            "to measure it")
+        g.add_argument("--upto_version", type=int, default=None,
+                       help="newest clean version to consume (None: the latest)")
+        g.add_argument("--shards", type=int, default=8,
+                       help="device shards the windows are computed in (parallelism; memory per shard is "
+                            "about rows read / shards)")
+        g.add_argument("--tfdv_sample_rate", type=float, default=None,
+                       help="share of rows TFDV statistics are computed on (None: all rows)")
+        g.add_argument("--baseline_dir", default=None,
+                       help="TFDV statistics baselines for drift (features.pb); a missing baseline is created "
+                            "from the first run's output (None: <lake>/../baselines for a local lake)")
+        g.add_argument("--summary_json", default=None,
+                       help="also write the run summary to this JSON file (None: only printed)")
+
+
+def config_of(opts: FeaturesOptions) -> ft.FeaturesConfig:
+    return ft.FeaturesConfig(sizes=ft.parse_window_sizes(opts.window_sizes),
+                             default_interval_s=opts.sampling_interval_seconds, shards=opts.shards)
+
+
+def build(pipeline: beam.Pipeline, plan: ft.FeaturesPlan, config: ft.FeaturesConfig, opts: FeaturesOptions) -> None:
+    from schemas.validation import load_baseline
+    path = baseline_path(plan.lake, opts.baseline_dir, ft.FEATURES)
+    tables, late = pipeline | "Features" >> ft.ComputeFeatures(plan, config)
+    tables | "Write" >> ft.WriteFeatures(plan, config.sizes, late, baseline=load_baseline(path) if path else None,
+                                         sample_rate=opts.tfdv_sample_rate)
+
+
+def counters(result) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for c in result.metrics().query(MetricsFilter().with_namespace(ft.APP))["counters"]:
+        value = c.committed if c.committed is not None else c.attempted
+        out[c.key.metric.name] = out.get(c.key.metric.name, 0) + int(value or 0)
+    return out
+
+
+def _iso(us: int | None) -> str | None:
+    return None if us is None else dt.datetime.fromtimestamp(us / 1e6, dt.timezone.utc).isoformat()
+
+
+def summarize(plan: ft.FeaturesPlan, config: ft.FeaturesConfig, c: dict[str, int], elapsed_s: float) -> dict:
+    version = lake.find_commit(plan.lake, ft.FEATURES, plan.commit_id(config.sizes))
+    s = {
+        "clean_versions": [plan.clean_after, plan.clean_upto],
+        "watermarks": {size.label: [_iso(plan.closing(size)[0]), _iso(plan.closing(size)[1])] for size in config.sizes},
+        "new_clean_rows": c.get("new_clean_rows", 0),
+        "clean_rows_read": c.get("clean_rows_read", 0),
+        "clean_rows_selected": c.get("clean_rows_selected", 0),
+        "feature_rows": c.get("feature_rows", 0),
+        "carried_over_rows": c.get("carried_over_rows", 0),
+        "commit": {"version": version,
+                   "rows": rows_in_version(plan.lake, ft.FEATURES, version) if version is not None else None},
+        "elapsed_s": round(elapsed_s, 2),
+    }
+    s["rows_per_s"] = round(s["clean_rows_read"] / elapsed_s) if elapsed_s else None
+    s["commit_matches_counts"] = s["commit"]["rows"] == s["feature_rows"] + s["carried_over_rows"]
+    return s
+
+
+def render(s: dict) -> str:
+    return "\n".join([
+        "features run",
+        f"  clean versions         ({s['clean_versions'][0]}, {s['clean_versions'][1]}]",
+        "  watermarks             " + ", ".join(f"{k}: {a} -> {b}" for k, (a, b) in s["watermarks"].items()),
+        f"  new clean rows         {s['new_clean_rows']:>12,}",
+        f"  clean rows read        {s['clean_rows_read']:>12,}   in computed windows {s['clean_rows_selected']:,}",
+        f"  feature rows           {s['feature_rows']:>12,}   + {s['carried_over_rows']:,} carried over in "
+        "rewritten partitions",
+        f"  commit                 features v{s['commit']['version']} ({s['commit']['rows']} rows)",
+        f"  elapsed                {s['elapsed_s']} s, {s['rows_per_s'] or 0:,} clean rows/s",
+    ])
+
+
+def run(argv: list[str] | None = None) -> dict:
+    """Runs one features pass; returns its summary (also printed)."""
+    options = cli.parse_pipeline_args(FeaturesOptions, argv, "python -m pipelines.features", __doc__)
+    opts = options.view_as(FeaturesOptions)
+    config = config_of(opts)
+    plan = ft.plan_run(opts.lake, config.sizes, opts.allowed_lateness_seconds, opts.upto_version)
+    if plan is None:
+        print("features: nothing to do (no clean versions newer than the last run)")
+        return {"nothing_to_do": True, "feature_rows": 0}
+    import schemas.validation  # noqa: F401  (TensorFlow's import takes seconds: keep it out of the timing)
+    started = time.monotonic()
+    pipeline = beam.Pipeline(options=options)
+    build(pipeline, plan, config, opts)
+    result = pipeline.run()
+    result.wait_until_finish()
+    summary = summarize(plan, config, counters(result), time.monotonic() - started)
+    if summary["commit"]["version"] is not None:
+        ensure_baseline(plan.lake, ft.FEATURES, summary["commit"]["version"],
+                        baseline_path(plan.lake, opts.baseline_dir, ft.FEATURES))
+    print(render(summary))
+    print("FEATURES_SUMMARY " + json.dumps(summary, sort_keys=True))
+    if opts.summary_json:
+        Path(opts.summary_json).write_text(json.dumps(summary, indent=2, sort_keys=True))
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    cli.setup_logging()
+    logging.getLogger("apache_beam.typehints").setLevel(logging.WARNING)
+    summary = run(argv)
+    return 0 if summary.get("commit_matches_counts", True) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

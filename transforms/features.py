@@ -1,0 +1,489 @@
+"""Windowed features per device from clean readings (the features table).
+
+Vectorised logic (polars over Arrow tables) plus the composite PTransforms run by
+``pipelines.features``. Definitions, and why:
+
+* Windows are tumbling and aligned to the Unix epoch in UTC (a 1d window is a UTC day); sizes are
+  an option (``30s``, ``15m``, ``1h``, ``1d``...). ``date`` is the UTC date of ``window_start``.
+* One row per device and window holding at least one clean reading of any quality. Statistics use
+  GOOD readings only; a sensor without GOOD readings has ``count`` 0, ``missing_ratio`` 1 and null
+  statistics.
+* Per sensor: ``mean``; ``std`` (sample, n-1; null below 2 readings); ``min``; ``max``; ``last`` (the
+  value of the latest reading); ``slope`` (least squares, canonical unit per minute; null below two
+  distinct times); ``count``; ``missing_ratio`` = 1 - count / expected, clipped to [0, 1], where
+  expected = window length / sampling interval and the interval is the median gap between
+  consecutive readings of one sensor of the device in the window (any quality; the registry holds
+  no interval), or ``default_interval_s`` when no sensor has two readings there. A regular grid puts
+  floor(W/I) or ceil(W/I) readings into a window of length W, so expected is floor(W/I) (plus a
+  little slack for timestamp jitter): a healthy device has missing_ratio 0 whatever its phase.
+* Cross-sensor, from the window means: ``pressure_ratio`` = discharge / suction pressure;
+  saturation temperatures from the pressures by a Clausius-Clapeyron fit for R134a (the registry
+  names no refrigerant, so these are proxies that track change, not absolute thermodynamics):
+  ``current_per_lift`` = current / (T_sat(discharge) - T_sat(suction)) in A per K of temperature
+  lift, and ``superheat_proxy`` = temperature - T_sat(suction).
+* Incremental by time. The watermark is the newest ``timestamp_ingested`` in clean minus the
+  allowed lateness; a window is computed once it has closed (end <= watermark), so features never
+  describe half a window. Each run computes the windows that closed since the previous run's
+  watermark (recorded per window size in the commit) and recomputes, from all their clean rows,
+  the closed windows that clean rows new since the previous run fall into (late data). Recomputed
+  windows replace their old rows: the partitions (window_size x date) they live in are rewritten
+  in the run's single commit (the old rows of other windows carried over), so the table never
+  holds two rows of one window.
+
+Scale: clean files are chosen by their ``timestamp_utc`` statistics, so a run reads the hours its
+closing windows span (a day once a day for 1d windows). A late reading makes its whole window be
+recomputed for its device, and the files of that span are read for all devices and filtered: a
+late reading in a closed 1d window re-reads that day. Allowed lateness above the usual ingestion
+delay keeps this rare; clean files clustered by device shard would bound it to one shard.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import re
+from dataclasses import dataclass, field
+
+import apache_beam as beam
+import polars as pl
+import pyarrow as pa
+import pyarrow.compute as pc
+from apache_beam.io.parquetio import ReadAllFromParquetBatched
+from apache_beam.metrics import Metrics
+
+from schemas import contracts
+from schemas.sensors import SENSOR_TYPES
+from transforms import delta, lake
+from transforms.cleansing import CLEAN, files_overlapping, split_by_shard
+
+log = logging.getLogger(__name__)
+
+FEATURES = "features"
+APP = "features"
+US = 1_000_000
+ROW_COLUMNS = ["device_id", "sensor_type", "value", "timestamp_utc", "quality"]
+LATE_SCHEMA = pa.schema([("device_id", pa.string()), ("window_size", pa.string()), ("window_start", pa.int64())])
+# R134a saturation pressure (kPa) ~ exp(A - B / T[K]); fitted at 0 and 40 C, within 2 % from -26 to 60 C
+SAT_A, SAT_B = 15.421, 2661.0
+EXPECTED_SLACK = 0.05      # of one sampling interval
+
+
+@dataclass(frozen=True, order=True)
+class WindowSize:
+    seconds: int
+
+    @property
+    def us(self) -> int:
+        return self.seconds * US
+
+    @property
+    def label(self) -> str:
+        for unit, n in (("d", 86400), ("h", 3600), ("m", 60)):
+            if self.seconds % n == 0:
+                return f"{self.seconds // n}{unit}"
+        return f"{self.seconds}s"
+
+
+def parse_window_sizes(text: str) -> tuple[WindowSize, ...]:
+    """"15m,1h,1d" -> window sizes (s, m, h, d units)."""
+    sizes = []
+    for part in (p.strip() for p in text.split(",") if p.strip()):
+        m = re.fullmatch(r"(\d+)([smhd])", part)
+        if not m or int(m.group(1)) == 0:
+            raise ValueError(f"window size {part!r}: expected a positive number and s, m, h or d, e.g. 15m")
+        sizes.append(WindowSize(int(m.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]))
+    if not sizes:
+        raise ValueError("no window sizes given")
+    return tuple(sorted(set(sizes)))
+
+
+@dataclass(frozen=True)
+class FeaturesConfig:
+    sizes: tuple[WindowSize, ...] = parse_window_sizes("15m,1h,1d")
+    default_interval_s: float = 60.0
+    shards: int = 8
+
+
+@dataclass(frozen=True)
+class FeaturesPlan:
+    """What one run reads and writes; computed from Delta metadata before the pipeline starts."""
+    lake: str
+    clean_after: int                             # clean version consumed by the previous run (-1: none)
+    clean_upto: int                              # clean version this run reads
+    new_files: tuple[delta.DeltaFile, ...]       # clean files of versions (clean_after, clean_upto]
+    previous: dict[str, int | None]              # window size -> watermark (us) of the previous run
+    watermark_us: int
+    features_version: int | None
+    computed_at: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.timezone.utc))
+
+    def closing(self, size: WindowSize) -> tuple[int | None, int]:
+        """Windows with end in (previous, watermark] close in this run."""
+        return self.previous.get(size.label), max(self.watermark_us, self.previous.get(size.label) or 0)
+
+    def inputs(self, sizes) -> dict:
+        return {CLEAN: [self.clean_after, self.clean_upto],
+                "watermarks_us": {s.label: self.closing(s)[1] for s in sizes}}
+
+    def commit_id(self, sizes) -> str:
+        return f"{APP}/{self.clean_after}-{self.clean_upto}/{'+'.join(s.label for s in sizes)}"
+
+
+# --- pure functions -------------------------------------------------------------------------------
+
+def _epoch_us(col: str = "timestamp_utc") -> pl.Expr:
+    return pl.col(col).dt.epoch("us")
+
+
+def with_window(rows: pl.DataFrame, size: WindowSize) -> pl.DataFrame:
+    return rows.with_columns((_epoch_us() // size.us * size.us).alias("_ws"))
+
+
+def late_windows(new_rows: pl.DataFrame, plan: FeaturesPlan, sizes) -> pl.DataFrame:
+    """(device_id, window_size, window_start us) of closed windows that new clean rows fall into."""
+    parts = []
+    for size in sizes:
+        previous = plan.previous.get(size.label)
+        if previous is None or new_rows.height == 0:
+            continue
+        w = with_window(new_rows.select("device_id", "timestamp_utc"), size)
+        w = w.filter(pl.col("_ws") + size.us <= previous).select(
+            "device_id", pl.lit(size.label).alias("window_size"), pl.col("_ws").alias("window_start")).unique()
+        parts.append(w)
+    return pl.concat(parts) if parts else pl.from_arrow(LATE_SCHEMA.empty_table())
+
+
+def window_mask(rows: pl.DataFrame, size: WindowSize, plan: FeaturesPlan, late: pl.DataFrame) -> pl.Series:
+    """True for rows (with ``_ws`` of ``size``) of windows this run computes: closing or late ones."""
+    previous, watermark = plan.closing(size)
+    end = pl.col("_ws") + size.us
+    closing = rows.select((end <= watermark) & (end > previous if previous is not None else pl.lit(True))).to_series()
+    mine = late.filter(pl.col("window_size") == size.label).select("device_id", pl.col("window_start").alias("_ws"))
+    if mine.height == 0:
+        return closing
+    is_late = rows.select("device_id", "_ws").join(mine.with_columns(_late=pl.lit(True)), on=["device_id", "_ws"],
+                                                   how="left", maintain_order="left")["_late"].fill_null(False)
+    return closing | is_late
+
+
+def select_windows(rows: pl.DataFrame, size: WindowSize, plan: FeaturesPlan, late: pl.DataFrame) -> pl.DataFrame:
+    """Rows (with ``_ws``) of the windows this run computes for ``size``."""
+    w = with_window(rows, size)
+    return w.filter(window_mask(w, size, plan, late))
+
+
+def read_intervals(plan: FeaturesPlan, sizes, late: pl.DataFrame) -> list[tuple[int, int]]:
+    """[start, end) in us of clean data the run needs: closing windows of every size, late windows."""
+    spans = []
+    for size in sizes:
+        previous, watermark = plan.closing(size)
+        lo = (previous // size.us) * size.us if previous is not None else 0
+        hi = (watermark // size.us) * size.us
+        if hi > lo:
+            spans.append((lo, hi))
+        mine = late.filter(pl.col("window_size") == size.label)["window_start"].unique().sort().to_list()
+        spans += [(s, s + size.us) for s in mine]
+    merged: list[list[int]] = []
+    for lo, hi in sorted(spans):
+        if merged and lo <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], hi)
+        else:
+            merged.append([lo, hi])
+    return [(a, b) for a, b in merged]
+
+
+def _sensor_stats(good: pl.DataFrame) -> pl.DataFrame:
+    t = (_epoch_us() - pl.col("_ws")) / 60e6          # minutes into the window
+    slope = pl.cov(t, pl.col("value")) / t.var()
+    return (good.group_by("device_id", "_ws", "sensor_type").agg(
+        pl.col("value").mean().alias("mean"),
+        pl.col("value").std().alias("std"),
+        pl.col("value").min().alias("min"),
+        pl.col("value").max().alias("max"),
+        pl.col("value").sort_by(["timestamp_utc", "value"]).last().alias("last"),
+        pl.when(slope.is_finite()).then(slope).otherwise(None).alias("slope"),
+        pl.len().cast(pl.Int64).alias("count")))
+
+
+def _intervals(rows: pl.DataFrame, default_s: float) -> pl.DataFrame:
+    """Median gap (us) between consecutive readings of one sensor, per device and window."""
+    gaps = (rows.select("device_id", "_ws", "sensor_type", _epoch_us().alias("_t"))
+            .sort("device_id", "_ws", "sensor_type", "_t")
+            .with_columns(pl.col("_t").diff().over("device_id", "_ws", "sensor_type").alias("_gap")))
+    return (gaps.group_by("device_id", "_ws")
+            .agg(pl.col("_gap").filter(pl.col("_gap") > 0).median().alias("_interval"))
+            .with_columns(pl.col("_interval").fill_null(default_s * US)))
+
+
+def saturation_c(pressure_kpa: pl.Expr) -> pl.Expr:
+    return pl.when(pressure_kpa > 0).then(SAT_B / (SAT_A - pressure_kpa.log()) - 273.15).otherwise(None)
+
+
+def cross_features(wide: pl.DataFrame) -> pl.DataFrame:
+    suction, discharge = pl.col("suction_pressure_mean"), pl.col("discharge_pressure_mean")
+    lift = saturation_c(discharge) - saturation_c(suction)
+    return wide.with_columns(
+        pl.when(suction > 0).then(discharge / suction).otherwise(None).alias("pressure_ratio"),
+        pl.when(lift > 0).then(pl.col("compressor_current_mean") / lift).otherwise(None).alias("current_per_lift"),
+        (pl.col("temperature_mean") - saturation_c(suction)).alias("superheat_proxy"))
+
+
+def window_features(rows: pl.DataFrame, size: WindowSize, default_interval_s: float,
+                    computed_at: dt.datetime) -> pl.DataFrame:
+    """Feature rows of the windows in ``rows`` (which carry ``_ws``), in the FEATURES schema."""
+    windows = _intervals(rows, default_interval_s).with_columns(
+        (pl.lit(size.us) / pl.col("_interval") + EXPECTED_SLACK).floor().clip(lower_bound=1).alias("_expected"))
+    stats = _sensor_stats(rows.filter(pl.col("quality") == contracts.QUALITY_LEVELS[0]))
+    wide = windows
+    for sensor in SENSOR_TYPES:
+        s = stats.filter(pl.col("sensor_type") == sensor).drop("sensor_type")
+        s = s.rename({c: f"{sensor}_{c}" for c in s.columns if c not in ("device_id", "_ws")})
+        wide = wide.join(s, on=["device_id", "_ws"], how="left")
+        count = pl.col(f"{sensor}_count").fill_null(0)
+        wide = wide.with_columns(count.alias(f"{sensor}_count"),
+                                 (1 - count / pl.col("_expected")).clip(0, 1).alias(f"{sensor}_missing_ratio"))
+    start = pl.from_epoch(pl.col("_ws"), time_unit="us").dt.replace_time_zone("UTC")
+    out = cross_features(wide).with_columns(
+        pl.lit(size.label).alias("window_size"), start.alias("window_start"),
+        (start + dt.timedelta(seconds=size.seconds)).alias("window_end"),
+        pl.lit(computed_at).dt.cast_time_unit("us").dt.convert_time_zone("UTC").alias("computed_at"),
+        start.dt.date().alias("date"))
+    return out.select(contracts.FEATURES.names).sort("device_id", "window_start")
+
+
+def compute_features(rows: pl.DataFrame, plan: FeaturesPlan, config: FeaturesConfig,
+                     late: pl.DataFrame) -> pa.Table:
+    """Features of every window this run computes that ``rows`` (all of its devices' rows) cover."""
+    parts = []
+    for size in config.sizes:
+        selected = select_windows(rows, size, plan, late)
+        if selected.height:
+            parts.append(window_features(selected, size, config.default_interval_s, plan.computed_at))
+    if not parts:
+        return contracts.FEATURES.empty_table()
+    return lake.conform(FEATURES, pl.concat(parts).to_arrow())
+
+
+def replaced_partitions(late: pl.DataFrame) -> list[tuple]:
+    """delta-rs partition filters of the partitions late windows live in ([] when none).
+
+    One conjunction can only say sizes x dates; partitions in that product without a late window
+    are rewritten unchanged, which costs a little I/O and keeps the commit single."""
+    if late.height == 0:
+        return []
+    dates = (pl.from_epoch(late["window_start"], time_unit="us").dt.date().unique().sort().cast(pl.Utf8).to_list())
+    return [("window_size", "in", sorted(late["window_size"].unique().to_list())), ("date", "in", dates)]
+
+
+def partition_values_of(path: str) -> dict[str, str]:
+    out = {}
+    for segment in path.split("/")[:-1]:
+        if "=" in segment:
+            key, value = segment.split("=", 1)
+            out[key] = lake._unquote(value)
+    return out
+
+
+def carry_over(old: pa.Table, uri: str, late: pl.DataFrame) -> pa.Table:
+    """Old feature rows of a rewritten partition, minus the windows recomputed in this run."""
+    parts = partition_values_of(uri)
+    values = {"window_size": parts["window_size"], "date": dt.date.fromisoformat(parts["date"])}
+    data = delta.with_partition_columns(FEATURES, old, sorted(values.items()))
+    frame = pl.from_arrow(data)
+    keys = late.filter(pl.col("window_size") == parts.get("window_size")).select(
+        "device_id", pl.from_epoch(pl.col("window_start"), time_unit="us").dt.replace_time_zone("UTC"))
+    kept = frame.join(keys, on=["device_id", "window_start"], how="anti", maintain_order="left")
+    return lake.conform(FEATURES, kept.to_arrow())
+
+
+# --- Beam ---------------------------------------------------------------------------------------
+
+def _concat_late(tables: list[pa.Table]) -> pa.Table:
+    tables = [t for t in tables if t.num_rows]
+    if not tables:
+        return LATE_SCHEMA.empty_table()
+    return pl.from_arrow(pa.concat_tables(tables)).unique().sort("window_size", "device_id", "window_start").to_arrow()
+
+
+class _LateWindows(beam.DoFn):
+    def __init__(self, plan: FeaturesPlan, config: FeaturesConfig):
+        self._plan, self._config = plan, config
+        self._new_rows = Metrics.counter(APP, "new_clean_rows")
+
+    def process(self, table: pa.Table):
+        self._new_rows.inc(table.num_rows)
+        yield late_windows(pl.from_arrow(table), self._plan, self._config.sizes).to_arrow().cast(LATE_SCHEMA)
+
+
+class _CleanFiles(beam.DoFn):
+    def __init__(self, plan: FeaturesPlan, config: FeaturesConfig):
+        self._plan, self._config = plan, config
+        self._files = Metrics.counter(APP, "clean_files_read")
+
+    def process(self, late: pa.Table):
+        intervals = read_intervals(self._plan, self._config.sizes, pl.from_arrow(late))
+        for uri in files_overlapping(self._plan.lake, CLEAN, self._plan.clean_upto, "timestamp_utc", intervals):
+            self._files.inc()
+            yield uri
+
+
+class _SelectRows(beam.DoFn):
+    """Clean rows of the windows this run computes, keyed by device shard."""
+
+    def __init__(self, plan: FeaturesPlan, config: FeaturesConfig):
+        self._plan, self._config = plan, config
+        self._read = Metrics.counter(APP, "clean_rows_read")
+        self._selected = Metrics.counter(APP, "clean_rows_selected")
+
+    def process(self, table: pa.Table, late: pa.Table):
+        self._read.inc(table.num_rows)
+        rows = pl.from_arrow(table.select(ROW_COLUMNS))
+        late_frame = pl.from_arrow(late)
+        keep = pl.repeat(False, rows.height, eager=True)
+        for size in self._config.sizes:
+            keep = keep | window_mask(with_window(rows, size), size, self._plan, late_frame)
+        rows = rows.filter(keep)
+        self._selected.inc(rows.height)
+        yield from split_by_shard(rows, self._config.shards)
+
+
+class _ComputeFeatures(beam.DoFn):
+    def __init__(self, plan: FeaturesPlan, config: FeaturesConfig):
+        self._plan, self._config = plan, config
+        self._rows = Metrics.counter(APP, "feature_rows")
+
+    def process(self, element, late: pa.Table):
+        _, tables = element
+        # a fixed row order makes the float sums, hence the features, identical on every runner
+        rows = (pl.from_arrow(pa.concat_tables(list(tables))).rechunk()
+                .sort("device_id", "sensor_type", "timestamp_utc", "value"))
+        out = compute_features(rows, self._plan, self._config, pl.from_arrow(late))
+        self._rows.inc(out.num_rows)
+        yield out
+
+
+class _OldFiles(beam.DoFn):
+    def __init__(self, plan: FeaturesPlan):
+        self._plan = plan
+
+    def process(self, late: pa.Table):
+        filters = replaced_partitions(pl.from_arrow(late))
+        if not filters or self._plan.features_version is None:
+            return
+        table = lake.open_table(self._plan.lake, FEATURES, self._plan.features_version)
+        root = lake.table_uri(self._plan.lake, FEATURES)
+        for path in sorted(table.files(filters)):
+            yield f"{root}/{path}"
+
+
+class _CarryOver(beam.DoFn):
+    def __init__(self):
+        self._rows = Metrics.counter(APP, "carried_over_rows")
+
+    def process(self, element, late: pa.Table):
+        uri, old = element
+        kept = carry_over(old, uri, pl.from_arrow(late))
+        self._rows.inc(kept.num_rows)
+        yield kept
+
+
+class ComputeFeatures(beam.PTransform):
+    """Clean data of a plan -> (feature tables to write, the late-window table as a singleton)."""
+
+    def __init__(self, plan: FeaturesPlan, config: FeaturesConfig):
+        super().__init__()
+        self._plan, self._config = plan, config
+
+    def expand(self, pbegin):
+        plan, config = self._plan, self._config
+        late = (pbegin
+                | "ReadNew" >> delta.ReadDeltaFiles(CLEAN, list(plan.new_files), columns=["device_id", "timestamp_utc"])
+                | "LateWindows" >> beam.ParDo(_LateWindows(plan, config))
+                | "LateList" >> beam.combiners.ToList()
+                | "Late" >> beam.Map(_concat_late))
+        late_si = beam.pvalue.AsSingleton(late)
+        features = (late
+                    | "CleanFiles" >> beam.ParDo(_CleanFiles(plan, config))
+                    | "SpreadFiles" >> beam.Reshuffle()
+                    | "ReadClean" >> ReadAllFromParquetBatched(columns=ROW_COLUMNS)
+                    | "SelectRows" >> beam.ParDo(_SelectRows(plan, config), late=late_si)
+                    | "ByShard" >> beam.GroupByKey()
+                    | "Features" >> beam.ParDo(_ComputeFeatures(plan, config), late=late_si))
+        carried = (late
+                   | "OldFiles" >> beam.ParDo(_OldFiles(plan))
+                   | "SpreadOld" >> beam.Reshuffle()
+                   | "ReadOld" >> ReadAllFromParquetBatched(with_filename=True)
+                   | "CarryOver" >> beam.ParDo(_CarryOver(), late=late_si))
+        return (features, carried) | "All" >> beam.Flatten(), late
+
+
+class _Commit(beam.DoFn):
+    def __init__(self, plan: FeaturesPlan, sizes):
+        self._plan = plan
+        self._meta = dict(app=APP, commit_id=plan.commit_id(sizes), inputs=plan.inputs(sizes))
+        self._commits = Metrics.counter(APP, "commits")
+
+    def process(self, files: list, report, late: pa.Table):
+        if report is not None and report.hard_breaks:
+            from schemas.validation import ContractViolation
+            raise ContractViolation(report)
+        filters = replaced_partitions(pl.from_arrow(late))
+        version = lake.commit_files(self._plan.lake, FEATURES, sorted(files, key=lambda f: f.path), **self._meta,
+                                    mode="overwrite" if filters else "append", partition_filters=filters or None,
+                                    read_version=self._plan.features_version)
+        self._commits.inc()
+        log.info("committed %d files (%d rows) to features as version %d, replacing partitions %s", len(files),
+                 sum(f.num_rows for f in files), version, filters or "none")
+        yield version
+
+
+class WriteFeatures(beam.PTransform):
+    """Writes feature tables in ONE commit that also replaces the partitions late windows touched;
+    TFDV-validated first (a hard break fails the run before the commit, drift is reported)."""
+
+    def __init__(self, plan: FeaturesPlan, sizes, late, baseline=None, sample_rate: float | None = None):
+        super().__init__()
+        self._plan, self._sizes, self._late = plan, sizes, late
+        self._baseline, self._sample_rate = baseline, sample_rate
+
+    def expand(self, tables):
+        from schemas.validation import ValidateContract
+        files = (tables
+                 | "WriteFiles" >> beam.ParDo(delta._WriteFiles(self._plan.lake, FEATURES))
+                 | "AllFiles" >> beam.combiners.ToList())
+        report = tables | "Validate" >> ValidateContract(FEATURES, self._baseline, self._sample_rate)
+        return files | "Commit" >> beam.ParDo(_Commit(self._plan, self._sizes),
+                                              report=beam.pvalue.AsSingleton(report),
+                                              late=beam.pvalue.AsSingleton(self._late))
+
+
+# --- planning (driver side, Delta metadata only) ----------------------------------------------
+
+def newest_ingestion_us(lake_root: str, version: int) -> int | None:
+    """Newest ``timestamp_ingested`` in clean at ``version``, from the files' statistics."""
+    actions = lake.open_table(lake_root, CLEAN, version).get_add_actions(flatten=True)
+    column = "max.timestamp_ingested"
+    if actions.num_rows == 0:
+        return None
+    if column in actions.schema.names and actions[column].null_count == 0:
+        return int(pc.max(actions[column].cast(pa.int64())).as_py())
+    data = lake.read(lake_root, CLEAN, version, columns=["timestamp_ingested"])
+    return int(pc.max(data["timestamp_ingested"].cast(pa.int64())).as_py()) if data.num_rows else None
+
+
+def plan_run(lake_root: str, sizes, allowed_lateness_s: float, upto: int | None = None) -> FeaturesPlan | None:
+    """The next run's plan, or None when clean has nothing new."""
+    clean = lake.open_table(lake_root, CLEAN)
+    if clean is None:
+        return None
+    target = clean.version() if upto is None else min(upto, clean.version())
+    inputs = lake.last_inputs(lake_root, FEATURES, APP) or {}
+    after = int(inputs[CLEAN][1]) if CLEAN in inputs else -1
+    if target <= after:
+        return None
+    previous = {s.label: inputs.get("watermarks_us", {}).get(s.label) for s in sizes}
+    newest = newest_ingestion_us(lake_root, target)
+    features = lake.open_table(lake_root, FEATURES)
+    return FeaturesPlan(
+        lake=lake_root, clean_after=after, clean_upto=target,
+        new_files=tuple(delta.added_files(lake_root, CLEAN, after if after >= 0 else None, target)),
+        previous=previous, watermark_us=(newest or 0) - int(allowed_lateness_s * US),
+        features_version=features.version() if features else None)
