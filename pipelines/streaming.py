@@ -30,7 +30,7 @@ from pipelines import cli
 from transforms import lake
 from transforms.acute import DEFAULT_SHARDS, AcuteRules
 from transforms.decode import DecodeMessages, KafkaMessage
-from transforms.landing import LandDecoded, SinkAlerts
+from transforms.landing import LandDecoded, SinkAlerts, intervals
 
 log = logging.getLogger("streaming")
 
@@ -118,7 +118,7 @@ class FleetStreaming(beam.PTransform):
 
     def expand(self, messages):
         decoded = (messages
-                   | "Interval" >> beam.WindowInto(window.FixedWindows(self._interval))
+                   | "Interval" >> intervals(self._interval)
                    | "Batch" >> beam.BatchElements(min_batch_size=1, max_batch_size=self._batch)
                    | "Decode" >> DecodeMessages())
         decoded | "Land" >> LandDecoded(self._lake, self._interval, self._commit)
@@ -128,6 +128,26 @@ class FleetStreaming(beam.PTransform):
                   | "AcuteRules" >> AcuteRules(self._lake, self._shards, self._rules, self._ttl))
         alerts | "Alerts" >> SinkAlerts(self._lake, self._interval, self._producer, self._alerts_topic)
         return alerts
+
+
+def check_topic(opts) -> None:
+    """The topic must stamp records with the broker's append time: that is the record time the
+    pipeline reads (timestamp_ingested, event time of the intervals). A topic with producer
+    CreateTime records makes KafkaIO's LogAppendTime policy fail on the first record."""
+    from confluent_kafka.admin import AdminClient, ConfigResource
+    admin = AdminClient({"bootstrap.servers": opts.bootstrap_servers, **kafka_properties(opts)})
+    resource = ConfigResource("topic", opts.topic)
+    try:
+        config = admin.describe_configs([resource])[resource].result(timeout=15)
+    except Exception as exc:  # noqa: BLE001 - an unreachable broker is KafkaIO's to report and retry
+        log.warning("could not check the configuration of topic %s: %s", opts.topic, exc)
+        return
+    kind = config["message.timestamp.type"].value
+    if kind != "LogAppendTime":
+        raise SystemExit(
+            f"topic {opts.topic} uses message.timestamp.type={kind}; the streaming pipeline needs LogAppendTime "
+            f"(records stamped with their arrival time). Set it on a new topic, e.g. kafka-topics --create "
+            f"--config message.timestamp.type=LogAppendTime (scripts/services.sh does).")
 
 
 def build(p: beam.Pipeline, opts) -> None:
@@ -146,6 +166,8 @@ def main(argv: list[str] | None = None) -> int:
     opts = options.view_as(StreamingOptions)
     if opts.max_num_records is None:
         options.view_as(StandardOptions).streaming = True
+    if options.view_as(StandardOptions).runner != "DataflowRunner":
+        check_topic(opts)
     log.info("reading %s from %s (group %s), landing into %s every %.0f s",
              opts.topic, opts.bootstrap_servers, opts.consumer_group, opts.lake, opts.commit_interval_s)
     p = beam.Pipeline(options=options)

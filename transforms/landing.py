@@ -207,6 +207,19 @@ def _overlaps(committed: OffsetSet, offsets: OffsetSet) -> bool:
     return False
 
 
+LATE_DATA_S = 7 * 24 * 3600
+
+
+def intervals(interval_s: float) -> beam.WindowInto:
+    """Fixed intervals of record time, committed when the watermark passes their end. A record that
+    arrives behind the watermark anyway (e.g. from a topic that was not always LogAppendTime) is not
+    dropped: it fires a late pane of its interval, committed like any other."""
+    from apache_beam.transforms import trigger
+    return beam.WindowInto(window.FixedWindows(interval_s),
+                           trigger=trigger.AfterWatermark(late=trigger.AfterCount(1)),
+                           allowed_lateness=LATE_DATA_S, accumulation_mode=trigger.AccumulationMode.DISCARDING)
+
+
 class LandDecoded(beam.PTransform):
     """Windowed PCollection[Decoded] -> one landing + dead-letter commit per interval."""
 
@@ -216,7 +229,7 @@ class LandDecoded(beam.PTransform):
 
     def expand(self, decoded):
         return (decoded
-                | "Interval" >> beam.WindowInto(window.FixedWindows(self._interval))
+                | "Interval" >> intervals(self._interval)
                 | "WriteFiles" >> beam.ParDo(_WriteFilesFn(self._lake))
                 | "OneKey" >> beam.WithKeys(0)
                 | "PerInterval" >> beam.GroupByKey()
@@ -290,7 +303,7 @@ class SinkAlerts(beam.PTransform):
         if self._producer:
             alerts | "PublishKafka" >> beam.ParDo(_PublishAlertsFn(self._producer, self._topic))
         return (alerts
-                | "Interval" >> beam.WindowInto(window.FixedWindows(self._interval))
+                | "Interval" >> intervals(self._interval)
                 | "OneKey" >> beam.WithKeys(0)
                 | "PerInterval" >> beam.GroupByKey()
                 | "Commit" >> beam.ParDo(_CommitAlertsFn(self._lake)))

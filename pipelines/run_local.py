@@ -1,0 +1,209 @@
+"""The main job on this machine: the whole system on the local Flink, end to end, with a report.
+
+Stages (each a pipeline entry point, run as its own process so its log and exit code stand alone):
+  1. history    simulate: device registry + N days of history into landing (and labels)
+  2. batch      cleanse -> features over the history              (Flink, or --batch_runner direct)
+  3. models     extract the training span and train the models, if none exist yet
+  4. stream     the streaming pipeline on Flink (Kafka -> landing, dead letters, acute alerts)
+                while the simulator streams live readings with injected failures; then the
+                streaming job is stopped once it has landed everything the simulator produced
+  5. batch      cleanse -> features -> score over what streamed in
+  6. evaluate   detection quality against the simulator's ground truth
+  7. report     HTML report + console summary; exit 1 when the counts do not reconcile
+
+Kafka and Flink must be running (run_local.sh starts and stops them).
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+from pipelines import cli
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m pipelines.run_local", description=__doc__,
+                                formatter_class=cli.HelpFormatter)
+    p.add_argument("--data", default="./data", help="output folder: lake, models, ground truth, report")
+    p.add_argument("--devices", type=int, default=500, help="devices in the simulated fleet")
+    p.add_argument("--days", type=float, default=14, help="days of history to backfill")
+    p.add_argument("--history_interval", type=float, default=300,
+                   help="seconds between two readings of one sensor in the history")
+    p.add_argument("--stream_minutes", type=float, default=90,
+                   help="simulated minutes of live readings (acute failures need > 85: 1 h vibration warm-up)")
+    p.add_argument("--acceleration", type=float, default=30, help="simulated seconds per wall-clock second")
+    p.add_argument("--stream_interval", type=float, default=10, help="seconds between readings in the stream")
+    p.add_argument("--window_size", default="1h", help="feature window the models are trained on and score")
+    p.add_argument("--batch_runner", choices=["flink", "direct"], default="flink",
+                   help="where cleanse/features/score run (the streaming job always runs on Flink)")
+    p.add_argument("--seed", type=int, default=7, help="simulator seed")
+    p.add_argument("--job_endpoint", default="127.0.0.1:8099", help="Beam job server of the local Flink")
+    p.add_argument("--flink_rest", default="127.0.0.1:8081", help="Flink REST address")
+    p.add_argument("--bootstrap_servers", default="127.0.0.1:9092", help="Kafka")
+    return p.parse_args(argv)
+
+
+class Stages:
+    """Runs stages with a banner, elapsed time and a prefixed log; stops at the first failure."""
+
+    def __init__(self, total: int):
+        self.total, self.n, self.t0, self.times = total, 0, time.monotonic(), {}
+
+    def banner(self, name: str) -> float:
+        self.n += 1
+        print(f"\n==> [{self.n}/{self.total}] {name}   (+{time.monotonic() - self.t0:.0f} s)", flush=True)
+        return time.monotonic()
+
+    def run(self, name: str, module: str, *args: str, ok_codes=(0,)) -> int:
+        started = self.banner(name)
+        code = subprocess.call([sys.executable, "-m", module, *args], cwd=PROJECT_ROOT)
+        self.times[name] = time.monotonic() - started
+        print(f"    {name}: exit {code} in {self.times[name]:.0f} s", flush=True)
+        if code not in ok_codes:
+            raise SystemExit(f"stage '{name}' failed (exit {code})")
+        return code
+
+
+def flink_jobs(rest: str) -> list[dict]:
+    with urllib.request.urlopen(f"http://{rest}/jobs/overview", timeout=10) as r:
+        return json.load(r)["jobs"]
+
+
+def landed_counts(lake: str) -> tuple[int, int]:
+    """Rows the streaming job landed (landing rows with Kafka coordinates) and dead letters."""
+    from transforms import lake as lake_io
+    landing = lake_io.read(lake, "raw_sensor_readings", columns=["kafka_topic"])
+    dead = lake_io.open_table(lake, "deadletter")
+    return landing.num_rows - landing["kafka_topic"].null_count, (len(dead.to_pyarrow_table(columns=["reason"]))
+                                                                   if dead else 0)
+
+
+class StreamingJob:
+    """The streaming pipeline as a background process on the local Flink."""
+
+    def __init__(self, args, lake: str, group: str, log: Path):
+        self.args, self.lake, self.group, self.log = args, lake, group, log
+        self.known = {j["jid"] for j in flink_jobs(args.flink_rest)}
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "pipelines.streaming", "--lake", lake, "--consumer_group", group,
+             "--bootstrap_servers", args.bootstrap_servers, "--commit_interval_s", "10",
+             "--runner=PortableRunner", f"--job_endpoint={args.job_endpoint}", "--environment_type=LOOPBACK",
+             "--default_environment_type=EMBEDDED", "--max_bundle_time_mills=100",
+             "--checkpointing_interval=30000", "--parallelism=2"],
+            cwd=PROJECT_ROOT, stdout=log.open("w"), stderr=subprocess.STDOUT)
+        self.jid = self._wait_running()
+
+    def _wait_running(self, timeout_s: float = 180) -> str:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise SystemExit(f"the streaming job exited early; see {self.log}")
+            new = [j["jid"] for j in flink_jobs(self.args.flink_rest) if j["jid"] not in self.known
+                   and j["state"] == "RUNNING"]
+            if new:
+                return new[0]
+            time.sleep(1)
+        raise SystemExit(f"the streaming job did not start within {timeout_s} s; see {self.log}")
+
+    def stop(self) -> None:
+        request = urllib.request.Request(f"http://{self.args.flink_rest}/jobs/{self.jid}?mode=cancel", method="PATCH")
+        urllib.request.urlopen(request, timeout=10).read()
+        try:
+            self.process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.process.send_signal(signal.SIGTERM)
+            self.process.wait(timeout=30)
+
+
+def wait_until_landed(lake: str, produced: int, deadletters_at_least: int, timeout_s: float = 600) -> None:
+    """Polls the lake until the streaming job has landed every produced reading, with progress."""
+    deadline, last = time.monotonic() + timeout_s, -1
+    while time.monotonic() < deadline:
+        landed, dead = landed_counts(lake)
+        if landed != last:
+            print(f"    streaming job: {landed} of {produced} accepted readings landed, {dead} dead letters", flush=True)
+            last = landed
+        if landed >= produced and dead >= deadletters_at_least:
+            return
+        time.sleep(5)
+    raise SystemExit(f"the streaming job had not landed everything after {timeout_s:.0f} s")
+
+
+def expected_stream_counts(truth_dir: Path) -> tuple[int, int]:
+    import pyarrow.parquet as pq
+    produced = pq.read_table(truth_dir / "stream.produced.parquet")
+    kinds = produced["kind"].to_pylist()
+    return kinds.count("reading"), len({r for r in produced["expected_reason"].to_pylist() if r})
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    cli.setup_logging()
+    started_at = dt.datetime.now(dt.timezone.utc)
+    data = Path(args.data)
+    lake, models, truth = str(data / "lake"), str(data / "models"), data / "ground_truth"
+    data.mkdir(parents=True, exist_ok=True)
+    runner = ([f"--runner=PortableRunner", f"--job_endpoint={args.job_endpoint}", "--environment_type=LOOPBACK",
+               "--parallelism=1"] if args.batch_runner == "flink" else ["--runner=DirectRunner"])
+    end = started_at.replace(hour=0, minute=0, second=0, microsecond=0)
+    start = end - dt.timedelta(days=args.days)
+    train_end = start + dt.timedelta(days=max(1.0, args.days / 2))
+    stages = Stages(total=12)
+    sim = ["--lake", lake, "--devices", str(args.devices), "--seed", str(args.seed)]
+
+    stages.run("history: registry + backfill", "pipelines.simulate", *sim, "--backfill-days", str(args.days),
+               "--backfill-end", end.isoformat(), "--interval", str(args.history_interval))
+    stages.run("cleanse the history", "pipelines.cleanse", "--lake", lake, *runner)
+    stages.run("features of the history", "pipelines.features", "--lake", lake,
+               "--sampling_interval_seconds", str(args.history_interval), *runner)
+    if not any((Path(models) / name).exists() for name in ("isolation_forest", "autoencoder", "statistical")):
+        stages.run("train the models", "pipelines.train", "--lake", lake, "--models", models,
+                   "--start", start.isoformat(), "--end", train_end.isoformat(), "--window_size", args.window_size)
+    else:
+        stages.banner("train the models: skipped, models exist in " + models)
+
+    group = f"fleet-local-{int(time.time())}"
+    t = stages.banner("start the streaming job on Flink")
+    job = StreamingJob(args, lake, group, data / "streaming.log")
+    print(f"    Flink job {job.jid} running (log {data / 'streaming.log'}) after {time.monotonic() - t:.0f} s", flush=True)
+    try:
+        stages.run("stream live readings into Kafka", "pipelines.simulate", *sim, "--stream",
+                   "--bootstrap-servers", args.bootstrap_servers, "--stream-minutes", str(args.stream_minutes),
+                   "--acceleration", str(args.acceleration), "--interval", str(args.stream_interval))
+        readings, fault_kinds = expected_stream_counts(truth)
+        t = stages.banner("wait for the streaming job to land everything")
+        produced = readings
+        wait_until_landed(lake, produced, deadletters_at_least=fault_kinds)
+        time.sleep(15)      # one more commit interval: the alerts of the last readings
+        stages.times["catch-up"] = time.monotonic() - t
+    finally:
+        print("    stopping the streaming job", flush=True)
+        job.stop()
+
+    stages.run("cleanse what streamed in", "pipelines.cleanse", "--lake", lake, *runner)
+    stages.run("features of it", "pipelines.features", "--lake", lake,
+               "--sampling_interval_seconds", str(args.stream_interval), *runner)
+    stages.run("score", "pipelines.score", "--lake", lake, "--models", models, "--window_size", args.window_size, *runner)
+    stages.run("evaluate detection quality", "pipelines.evaluate", "--lake", lake, "--window_size", args.window_size,
+               "--eval_from", train_end.isoformat(), "--json", str(data / "evaluation.json"))
+    code = stages.run("report", "pipelines.report", "--lake", lake, "--out", str(data / "report.html"),
+                      "--started_at", started_at.isoformat(), ok_codes=(0, 1))
+    total = time.monotonic() - stages.t0
+    print(f"\n==> done in {total / 60:.1f} min; report {data / 'report.html'}"
+          + ("" if code == 0 else "  (RECONCILIATION FAILED)"), flush=True)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
