@@ -27,14 +27,14 @@ import time
 import urllib.request
 from pathlib import Path
 
-from pipelines import cli
-
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m pipelines.run_local", description=__doc__,
-                                formatter_class=cli.HelpFormatter)
+    # no project imports here: `--help` works with a bare python3, before setup
+    class Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+        pass
+    p = argparse.ArgumentParser(prog="python -m pipelines.run_local", description=__doc__, formatter_class=Formatter)
     p.add_argument("--data", default="./data", help="output folder: lake, models, ground truth, report")
     p.add_argument("--devices", type=int, default=500, help="devices in the simulated fleet")
     p.add_argument("--days", type=float, default=14, help="days of history to backfill")
@@ -149,7 +149,6 @@ def expected_stream_counts(truth_dir: Path) -> tuple[int, int]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    cli.setup_logging()
     started_at = dt.datetime.now(dt.timezone.utc)
     data = Path(args.data)
     lake, models, truth = str(data / "lake"), str(data / "models"), data / "ground_truth"
