@@ -331,6 +331,8 @@ def run(argv: list[str] | None = None) -> dict:
     pipeline = beam.Pipeline(options=options)
     _ = pipeline | "Archive" >> MoveToArchive(plan)
     result = pipeline.run()
+    if cli.is_dry_run(options):
+        return dict(summary, dry_run=True)
     result.wait_until_finish()
     counters = {c.key.metric.name: int(c.committed if c.committed is not None else c.attempted or 0)
                 for c in result.metrics().query(MetricsFilter().with_namespace(APP))["counters"]}

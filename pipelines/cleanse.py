@@ -191,6 +191,8 @@ def run(argv: list[str] | None = None) -> dict:
     pipeline = beam.Pipeline(options=options)
     build(pipeline, plan, config_of(opts), opts)
     result = pipeline.run()
+    if cli.is_dry_run(options):
+        return {"dry_run": True, "reconciles": True}
     result.wait_until_finish()
     summary = summarize(plan, counters(result), time.monotonic() - started)
     for table, c in summary["commits"].items():

@@ -59,6 +59,13 @@ standard Beam options are accepted too, e.g.:
 see the README's "Running on Flink and Dataflow" for complete examples."""
 
 
+def is_dry_run(options) -> bool:
+    """``--dry_run`` (DataflowRunner): ``run()`` built and returned the job graph without running it, so
+    there are no results, metrics or commits to read afterwards."""
+    from apache_beam.options.pipeline_options import TestOptions
+    return bool(options.view_as(TestOptions).dry_run)
+
+
 def parse_pipeline_args(options_cls, argv: list[str] | None, prog: str, description: str):
     """Parses a pipeline's own options (a PipelineOptions subclass) and passes the rest to Beam.
 
@@ -67,8 +74,10 @@ def parse_pipeline_args(options_cls, argv: list[str] | None, prog: str, descript
     """
     from apache_beam.options.pipeline_options import PipelineOptions
 
+    # no abbreviations: the rest goes to Beam, and e.g. Beam's --dry_run must not be taken for archive's
+    # --dry_run_plan
     parser = argparse.ArgumentParser(prog=prog, description=description, epilog=BEAM_OPTIONS_EPILOG,
-                                     formatter_class=HelpFormatter)
+                                     formatter_class=HelpFormatter, allow_abbrev=False)
     options_cls._add_argparse_args(parser)
     own, beam_args = parser.parse_known_args(argv)
     own_args = [f"--{k}={v}" for k, v in vars(own).items() if v is not None and not isinstance(v, bool)]

@@ -350,6 +350,9 @@ def extract(lake_root: str, spec: ExtractSpec, output: str | None = None, datase
 
     _ = files | "Manifest" >> beam.Map(write_manifest)
     result = pipeline.run()
+    if options is not None and cli.is_dry_run(options):
+        os.rmdir(staging)
+        return directory, {}
     result.wait_until_finish()
     # publish: the dataset directory appears complete (manifest included) or not at all
     if os.path.exists(directory):
@@ -434,6 +437,8 @@ def run(argv: list[str] | None = None) -> tuple[str, dict]:
     spec = spec_from(opts)
     started = time.monotonic()
     directory, manifest = extract(opts.lake, spec, opts.output, opts.dataset_id, options)
+    if not manifest:     # --dry_run
+        return directory, manifest
     summary = {"dataset": directory, "rows": manifest["rows"], "files": len(manifest["files"]),
                "version": spec.version, "archive_files": len(manifest["inputs"].get("archive_files", [])),
                "elapsed_s": round(time.monotonic() - started, 2)}

@@ -136,6 +136,8 @@ def run(argv: list[str] | None = None) -> dict:
     pipeline = beam.Pipeline(options=options)
     build(pipeline, plan, config, opts)
     result = pipeline.run()
+    if cli.is_dry_run(options):
+        return {"dry_run": True}
     result.wait_until_finish()
     summary = summarize(plan, config, counters(result), time.monotonic() - started)
     if summary["commit"]["version"] is not None:

@@ -216,6 +216,8 @@ def run(argv: list[str] | None = None) -> dict:
         out[table] | f"Write_{table}" >> delta.WriteDelta(opts.lake, table, app=plan.app,
                                                           commit_id=plan.commit_id(table), inputs=plan.inputs())
     result = pipeline.run()
+    if cli.is_dry_run(options):
+        return {"dry_run": True}
     result.wait_until_finish()
     summary = {"features_versions": [plan.after, plan.upto], "window_size": plan.window_size,
                "models": plan.inputs()["models"], "tables": plan.tables, **_counters(result),

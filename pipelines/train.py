@@ -182,7 +182,9 @@ def run(argv: list[str] | None = None) -> dict[str, registry.ModelVersion]:
             raise SystemExit("train: give --dataset, or --start/--end to extract one")
         spec = et.make_spec(opts.lake, "features", opts.start, opts.end, as_of_version=opts.as_of_version,
                             as_of_timestamp=opts.as_of_timestamp, window_size=opts.window_size)
-        dataset, _ = et.extract(opts.lake, spec, options=options)
+        dataset, manifest = et.extract(opts.lake, spec, options=options)
+        if not manifest:     # --dry_run: the extraction's job graph was built, there is no dataset
+            return {}
     features, manifest = et.read_dataset(dataset)
     manifest = dict(manifest, path=str(dataset))
     params = TrainParams(seed=opts.seed, window_size=opts.window_size, min_windows=opts.min_windows,
