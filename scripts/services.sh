@@ -18,7 +18,8 @@ KAFKA_TOPICS="${KAFKA_TOPICS:-sensor.readings:4 sensor.alerts:1}"   # name:parti
 # reading (timestamp_ingested), also for devices that replay old readings after a reconnection.
 FLINK_CONF="$RUN_DIR/flink/conf"
 FLINK_SLOTS="${FLINK_SLOTS:-4}"
-FLINK_TM_MEMORY="${FLINK_TM_MEMORY:-5g}"
+FLINK_TM_MEMORY="${FLINK_TM_MEMORY:-6g}"
+FLINK_TM_TASK_HEAP="${FLINK_TM_TASK_HEAP:-2g}"
 FLINK_TM_METASPACE="${FLINK_TM_METASPACE:-1536m}"
 export FLINK_CONF_DIR="$FLINK_CONF" FLINK_LOG_DIR="$LOG_DIR/flink" FLINK_PID_DIR="$RUN_DIR/flink"
 
@@ -128,12 +129,14 @@ taskmanager:
   numberOfTaskSlots: $FLINK_SLOTS
   # Each Beam job leaks class metadata in the TaskManager (the default 256m metaspace lasts 3 jobs).
   # Beam batch jobs use Flink's blocking shuffle (direct memory); a streaming job runs beside them.
+  # Beam's portable runner moves Arrow batches of tens of MB through the task heap; the network
+  # buffers (Beam batch shuffles) get the rest.
   memory:
     process: {size: $FLINK_TM_MEMORY}
     jvm-metaspace: {size: $FLINK_TM_METASPACE}
     framework: {off-heap: {size: 384m, batch-shuffle: {size: 128m}}}
-    task: {off-heap: {size: 256m}}
-    network: {min: 256m, max: 512m}
+    task: {heap: {size: $FLINK_TM_TASK_HEAP}, off-heap: {size: 256m}}
+    managed: {fraction: 0.15}
 parallelism: {default: 1}
 rest:
   address: 127.0.0.1
