@@ -18,8 +18,9 @@ KAFKA_TOPICS="${KAFKA_TOPICS:-sensor.readings:4 sensor.alerts:1}"   # name:parti
 # reading (timestamp_ingested), also for devices that replay old readings after a reconnection.
 FLINK_CONF="$RUN_DIR/flink/conf"
 FLINK_SLOTS="${FLINK_SLOTS:-4}"
-FLINK_TM_MEMORY="${FLINK_TM_MEMORY:-6g}"
+FLINK_TM_MEMORY="${FLINK_TM_MEMORY:-8g}"
 FLINK_TM_TASK_HEAP="${FLINK_TM_TASK_HEAP:-2g}"
+FLINK_TM_TASK_OFF_HEAP="${FLINK_TM_TASK_OFF_HEAP:-1536m}"   # gRPC buffers of the Fn API (Arrow batches)
 FLINK_TM_METASPACE="${FLINK_TM_METASPACE:-1536m}"
 export FLINK_CONF_DIR="$FLINK_CONF" FLINK_LOG_DIR="$LOG_DIR/flink" FLINK_PID_DIR="$RUN_DIR/flink"
 
@@ -135,7 +136,7 @@ taskmanager:
     process: {size: $FLINK_TM_MEMORY}
     jvm-metaspace: {size: $FLINK_TM_METASPACE}
     framework: {off-heap: {size: 384m, batch-shuffle: {size: 128m}}}
-    task: {heap: {size: $FLINK_TM_TASK_HEAP}, off-heap: {size: 256m}}
+    task: {heap: {size: $FLINK_TM_TASK_HEAP}, off-heap: {size: $FLINK_TM_TASK_OFF_HEAP}}
     managed: {fraction: 0.15}
 parallelism: {default: 1}
 rest:

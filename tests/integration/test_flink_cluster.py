@@ -22,7 +22,7 @@ REST_PORT, RPC_PORT = 18181, 16223
 
 def _services(action: str, run_dir) -> subprocess.CompletedProcess:
     env = dict(os.environ, FLEET_RUN_DIR=str(run_dir), FLINK_REST_PORT=str(REST_PORT),
-               FLINK_RPC_PORT=str(RPC_PORT), FLINK_TM_MEMORY="3g", FLINK_TM_METASPACE="512m", FLINK_TM_TASK_HEAP="768m", FLINK_SLOTS="2",
+               FLINK_RPC_PORT=str(RPC_PORT), FLINK_TM_MEMORY="3g", FLINK_TM_METASPACE="512m", FLINK_TM_TASK_HEAP="768m", FLINK_TM_TASK_OFF_HEAP="256m", FLINK_SLOTS="2",
                JOB_SERVER_PORT="18199", ARTIFACT_PORT="18198", EXPANSION_PORT="18197", KAFKA_EXPANSION_PORT="18196")
     return subprocess.run(["bash", str(PROJECT_ROOT / "scripts/services.sh"), action, "flink"], env=env,
                           capture_output=True, text=True, timeout=180)
