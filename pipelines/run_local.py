@@ -89,11 +89,24 @@ def landed_counts(lake: str) -> tuple[int, int]:
                                                                    if dead else 0)
 
 
+def start_group_at_end(bootstrap: str, topic: str, group: str) -> None:
+    """Positions a new consumer group at the end of the topic: this run reads only what it produces,
+    not the readings earlier runs left in the topic."""
+    from confluent_kafka import Consumer, TopicPartition
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False})
+    partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+    ends = [TopicPartition(topic, p, consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1])
+            for p in partitions]
+    consumer.commit(offsets=ends, asynchronous=False)
+    consumer.close()
+
+
 class StreamingJob:
     """The streaming pipeline as a background process on the local Flink."""
 
     def __init__(self, args, lake: str, group: str, log: Path):
         self.args, self.lake, self.group, self.log = args, lake, group, log
+        start_group_at_end(args.bootstrap_servers, "sensor.readings", group)
         self.known = {j["jid"] for j in flink_jobs(args.flink_rest)}
         self.process = subprocess.Popen(
             [sys.executable, "-m", "pipelines.streaming", "--lake", lake, "--consumer_group", group,

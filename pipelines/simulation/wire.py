@@ -31,9 +31,11 @@ def wire_fault_message(fault: str, n: int, template: dict) -> tuple[bytes, list[
     Faults that affect one reading are embedded in a batch with two good neighbours, which
     must land; the whole-message faults carry their own readings, all of which are rejected.
     """
+    tag = f"wf-{fault}-{n}-{template['ts']}"      # unique per message, like any reading's id
+
     def good(k: int) -> dict:
-        return dict(template, event_id=f"wf-{fault}-{n}-ok{k}")
-    bad = dict(template, event_id=f"wf-{fault}-{n}-bad")
+        return dict(template, event_id=f"{tag}-ok{k}")
+    bad = dict(template, event_id=f"{tag}-bad")
     if fault == "bad_json":
         body = encode([bad, dict(bad, event_id=bad["event_id"] + "2")])
         return body[: len(body) // 2], [bad["event_id"], bad["event_id"] + "2"], []
