@@ -819,7 +819,7 @@ def render_html(d: ReportData, pngs: dict[str, bytes]) -> str:
 def console_summary(d: ReportData, out_path: str) -> str:
     f = d.facts
     lines = [f"{d.title}: {f['devices']} devices, {f['history_days']:.1f} days of history, "
-             f"{f['stream_minutes']:.0f} stream minutes"]
+             f"{f['stream_minutes']:.0f} minutes of streamed arrivals"]
     dead = [c for c in d.checks if c.name.startswith("dead-letter rows")]
     for c in d.checks:
         if c not in dead:
