@@ -287,15 +287,20 @@ def alerts_near(alerts: pl.DataFrame, device_id: str, lo: dt.datetime, hi: dt.da
     return alerts.filter((pl.col("device_id") == device_id) & (pl.col(until) >= lo) & (pl.col("event_time") <= hi))
 
 
-def pick_trace_incidents(truth: list[dict], alerts: pl.DataFrame, limit: int = 7) -> list[dict]:
-    """One failure per mode, most interesting first: missed ones (no alert of the device around
-    the failure), then gradual ones (the batch path's early warning, ending in an acute phase), then
-    stream ones (acute rules ran on them), then the rest; within a group in time order."""
-    failures = [r for r in truth if r["kind"] == "failure" and r.get("category") in ("acute", "gradual")]
+def pick_trace_incidents(truth: list[dict], alerts: pl.DataFrame, limit: int = 7,
+                         active: set[str] | None = None) -> list[dict]:
+    """One failure per mode, most interesting first. Only devices whose readings reach clean data
+    (``active`` registry devices), and acute modes from the stream where there is one (its
+    seconds-apart readings show the event; the history's minutes-apart ones may miss it). Then:
+    missed ones (no alert of the device around the failure), gradual ones (the batch path's early
+    warning, ending in an acute phase), the rest; within a group in time order."""
+    failures = [r for r in truth if r["kind"] == "failure" and r.get("category") in ("acute", "gradual")
+                and (active is None or r["device_id"] in active)]
 
     def key(r: dict) -> tuple:
         near = alerts_near(alerts, r["device_id"], *trace_window(r, truth))
-        return (near.height > 0, r["category"] != "gradual", r.get("source") != "stream", r["start_s"])
+        acute_from_history = r["category"] == "acute" and r.get("source") != "stream"
+        return (acute_from_history, near.height > 0, r["category"] != "gradual", r["start_s"])
 
     best: dict[str, tuple] = {}
     for r in failures:
@@ -416,7 +421,10 @@ def gather(opts: argparse.Namespace) -> ReportData:
     data = ReportData(root, opts.title, truth_dir, run_facts(root, landing, opts), checks, alerts)
     data.latency = acute_latency(alerts, landing.select(KEY + ["timestamp_ingested"]))
     data.incidents = match_incidents(alerts, truth)
-    data.traces = [read_trace(root, r, truth, alerts) for r in pick_trace_incidents(truth, alerts, opts.max_traces)]
+    registry = lake.read(root, "devices", columns=["device_id", "active"])
+    active = {d for d, a in zip(registry["device_id"].to_pylist(), registry["active"].to_pylist()) if a}
+    data.traces = [read_trace(root, r, truth, alerts)
+                   for r in pick_trace_incidents(truth, alerts, opts.max_traces, active)]
     add_detection(data, truth, opts.window_size)
     return data
 
