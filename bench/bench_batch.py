@@ -46,8 +46,8 @@ def simulated_lake(args) -> Path:
     return source
 
 
-def fresh_copy(source: Path, workdir: str) -> str:
-    target = Path(workdir) / "run"
+def fresh_copy(source: Path, workdir: str, name: str = "run") -> str:
+    target = Path(workdir) / name
     shutil.rmtree(target, ignore_errors=True)
     shutil.copytree(source, target)
     return str(target / "lake")

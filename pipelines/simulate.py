@@ -45,6 +45,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--seed", type=int, default=7, help="random seed: same seed, same output")
     g.add_argument("--interval", type=float, default=60.0,
                    help="seconds between two readings of one sensor (simulated time)")
+    g.add_argument("--registry-only", action="store_true",
+                   help="write the device registry and stop (e.g. before starting the streaming job)")
     g.add_argument("--ground-truth", default=None,
                    help="ground-truth JSON Lines file (default: <lake>/../ground_truth/<mode>.jsonl)")
 
@@ -88,8 +90,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--data-faults", default="stuck_value,dropout,duplicates,replay,out_of_range,unknown_device",
                    help=f"data faults to inject (comma list of {', '.join(DATA_FAULTS)})")
     args = p.parse_args(argv)
-    if not args.backfill_days and not args.stream:
-        p.error("nothing to do: give --backfill-days N and/or --stream")
+    if not args.backfill_days and not args.stream and not args.registry_only:
+        p.error("nothing to do: give --backfill-days N and/or --stream (or --registry-only)")
     if not 1 <= args.batch_size <= 1000:
         p.error("--batch-size must be between 1 and 1000 (the contract's batch limit)")
     return args
@@ -125,6 +127,8 @@ def main(argv: list[str] | None = None) -> int:
                                  inactive_fraction=0 if args.no_incidents else args.inactive_fraction,
                                  mixed_unit_fraction=args.mixed_unit_fraction)
     write_registry(args.lake, fleet_mod.registry_table(fleet))
+    if args.registry_only:
+        return 0
     faults = () if args.no_incidents else _csv(args.data_faults)
     extra = unknown_devices(fleet, args.unknown_devices, args.seed) if "unknown_device" in faults else []
     plan = PlanConfig(

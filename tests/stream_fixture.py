@@ -80,9 +80,12 @@ def build(lake: str, minutes: int = 80, devices: int = 8, interval_s: float = 10
 
 def as_test_stream(messages: list[KafkaMessage], per_step: int = 50) -> TestStream:
     """Messages in order, the watermark following their record time."""
-    stream = TestStream()
+    stream, watermark_ms = TestStream(), None
     for k in range(0, len(messages), per_step):
         part = messages[k:k + per_step]
         stream.add_elements([beam.window.TimestampedValue(m, Timestamp(micros=m.timestamp_ms * 1000)) for m in part])
-        stream.advance_watermark_to(Timestamp(micros=max(m.timestamp_ms for m in part) * 1000))
+        newest = max(m.timestamp_ms for m in part)
+        if watermark_ms is None or newest > watermark_ms:      # TestStream wants a strictly rising watermark
+            stream.advance_watermark_to(Timestamp(micros=newest * 1000))
+            watermark_ms = newest
     return stream.advance_watermark_to_infinity()

@@ -202,7 +202,7 @@ def readings(devices: list[Device], start: dt.datetime, end: dt.datetime, interv
     row_keep = np.repeat(keep, n_sensors)
 
     device_ids = np.array([d.device_id for d in devices], dtype=object)[dev]
-    event_id = pl.DataFrame({"d": device_ids, "s": sensor_idx, "t": t_ms}).select(
+    event_id = pl.DataFrame({"d": pl.Series(device_ids, dtype=pl.String), "s": sensor_idx, "t": t_ms}).select(
         pl.concat_str([pl.col("d"), pl.col("s"), pl.col("t")], separator="-"))["d"].to_numpy()
     for n, (sensor, grid_rows) in touched.items():
         kept = grid_rows[keep[grid_rows]]
