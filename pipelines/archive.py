@@ -55,6 +55,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from pipelines import cli
 from schemas import contracts
 from transforms import lake
+from transforms.decode import DEVICE_ID
 from transforms.delta import DeltaFile, snapshot_files, with_partition_columns
 from transforms.arrow import to_numpy
 from transforms.timestamps import parse_ts
@@ -237,6 +238,11 @@ class _ArchiveLandingFile(beam.DoFn):
         keyed = data.append_column("_date", dates).sort_by(
             [("_date", "ascending"), ("device_id", "ascending"), ("timestamp_ingested", "ascending"),
              ("event_id", "ascending")])
+        unsafe = [d for d in pc.unique(keyed["device_id"]).to_pylist() if not DEVICE_ID.fullmatch(d or "")]
+        if unsafe:
+            # the decoder never lands such ids; a row written by other means must not name a folder
+            raise ValueError(f"{uri} holds device_id values that cannot name an archive folder (not "
+                             f"^[A-Za-z0-9_-]{{1,64}}$): {unsafe[:5]}; nothing was moved")
         fs, root = _fs(self._lake)
         keys = np.char.add(np.asarray(to_numpy(keyed["_date"]), dtype=str),
                            np.asarray(to_numpy(keyed["device_id"]), dtype=str))

@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 from pipelines import cli
 from pipelines.simulation import fleet as fleet_mod
 from pipelines.simulation.backfill import backfill
-from pipelines.simulation.incidents import (ACUTE_MODES, DATA_FAULTS, GRADUAL_MODES, WIRE_FAULTS, PlanConfig,
+from pipelines.simulation.incidents import (ACUTE_MODES, DATA_FAULTS, GRADUAL_MODES, WARMUP, WIRE_FAULTS, PlanConfig,
                                             plan_incidents, unknown_devices)
 from pipelines.simulation.stream import StreamConfig, stream
 from transforms import lake
@@ -87,6 +87,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="share of devices reporting in non-canonical units")
     g.add_argument("--no-incidents", action="store_true", help="a healthy fleet with clean data")
     g.add_argument("--acute-modes", default=",".join(ACUTE_MODES), help="acute modes to inject (comma list)")
+    g.add_argument("--warmup-minutes", type=float, default=WARMUP.total_seconds() / 60,
+                   help="no failure starts earlier in the span: the vibration rule needs an hour of history; "
+                        "lower it when the consumer already saw the devices (and leave out vibration_surge)")
     g.add_argument("--data-faults", default="stuck_value,dropout,duplicates,replay,out_of_range,unknown_device",
                    help=f"data faults to inject (comma list of {', '.join(DATA_FAULTS)})")
     args = p.parse_args(argv)
@@ -136,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
         fault_fraction=args.fault_fraction, unknown_devices=len(extra),
         acute_modes=() if args.no_incidents else _csv(args.acute_modes),
         gradual_modes=() if args.no_incidents else tuple(GRADUAL_MODES),
-        data_faults=faults)
+        data_faults=faults, warmup=dt.timedelta(minutes=args.warmup_minutes))
     truth_dir = Path(args.lake).parent / "ground_truth"
 
     if args.backfill_days:

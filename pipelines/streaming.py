@@ -130,19 +130,25 @@ class FleetStreaming(beam.PTransform):
         return alerts
 
 
-def check_topic(opts) -> None:
-    """The topic must stamp records with the broker's append time: that is the record time the
-    pipeline reads (timestamp_ingested, event time of the intervals). A topic with producer
-    CreateTime records makes KafkaIO's LogAppendTime policy fail on the first record."""
+def check_topics(opts) -> None:
+    """Both topics must exist: a missing alerts topic would fail every bundle that publishes an
+    alert, over and over. The readings topic must stamp records with the broker's append time: that
+    is the record time the pipeline reads (timestamp_ingested, event time of the intervals); a topic
+    with producer CreateTime records makes KafkaIO's LogAppendTime policy fail on the first record."""
     from confluent_kafka.admin import AdminClient, ConfigResource
     admin = AdminClient({"bootstrap.servers": opts.bootstrap_servers, **kafka_properties(opts)})
     resource = ConfigResource("topic", opts.topic)
     try:
-        config = admin.describe_configs([resource])[resource].result(timeout=15)
+        existing = admin.list_topics(timeout=15).topics
+        missing = [t for t in (opts.topic, opts.alerts_topic) if t not in existing]
+        kind = None if missing else admin.describe_configs([resource])[resource].result(timeout=15)[
+            "message.timestamp.type"].value
     except Exception as exc:  # noqa: BLE001 - an unreachable broker is KafkaIO's to report and retry
-        log.warning("could not check the configuration of topic %s: %s", opts.topic, exc)
+        log.warning("could not check topics %s and %s: %s", opts.topic, opts.alerts_topic, exc)
         return
-    kind = config["message.timestamp.type"].value
+    if missing:
+        raise SystemExit(f"topic(s) {', '.join(missing)} do not exist on {opts.bootstrap_servers}; create them "
+                         f"first (scripts/services.sh creates sensor.readings and sensor.alerts)")
     if kind != "LogAppendTime":
         raise SystemExit(
             f"topic {opts.topic} uses message.timestamp.type={kind}; the streaming pipeline needs LogAppendTime "
@@ -167,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     if opts.max_num_records is None:
         options.view_as(StandardOptions).streaming = True
     if options.view_as(StandardOptions).runner != "DataflowRunner":
-        check_topic(opts)
+        check_topics(opts)
     log.info("reading %s from %s (group %s), landing into %s every %.0f s",
              opts.topic, opts.bootstrap_servers, opts.consumer_group, opts.lake, opts.commit_interval_s)
     p = beam.Pipeline(options=options)

@@ -101,3 +101,19 @@ def test_move_does_not_remove_files_appended_concurrently(lake):
     assert union_rows(lake) == before
     _run(lake)
     assert union_rows(lake) == before and _old_landing_files(lake) == 0
+
+
+@pytest.mark.parametrize("device_id", ["../../outside", "dev/evil", "dev 1", ""])
+def test_device_ids_that_cannot_name_a_folder_stop_the_move(lake, tmp_path, device_id):
+    _simulate(lake)
+    landing = lake_io.read(lake, "raw_sensor_readings")
+    old = landing.filter(pc.less(pc.cast(landing["ingest_date"], pa.string()), "2026-10-03"))
+    odd = old.slice(0, 1).set_column(old.schema.get_field_index("device_id"), "device_id", pa.array([device_id]))
+    lake_io.append(lake, "raw_sensor_readings", odd)
+    before = union_rows(lake)
+    with pytest.raises(Exception, match="cannot name an archive folder"):
+        _run(lake)
+    assert union_rows(lake) == before                     # nothing moved, nothing lost
+    archive_root = tmp_path / "lake" / "archive"
+    outside = [p for p in (tmp_path).rglob("*.parquet") if "outside" in str(p) or "evil" in str(p)]
+    assert outside == [] and not any(" " in p.name for p in archive_root.rglob("*"))

@@ -157,3 +157,29 @@ def test_a_run_without_new_clean_versions_does_nothing(runs):
     assert features.run(["--lake", lake, *ARGS]).get("nothing_to_do")
     assert lake_io.open_table(lake, "features").version() == 1
     assert lake_io.last_inputs(lake, "features", "features")["clean_sensor_readings"] == [0, 1]
+
+
+def test_crash_between_writing_files_and_the_commit_then_rerun(runs, tmp_path, monkeypatch):
+    """The late-data run dies after writing its files, before its commit: the table is unchanged, and
+    the rerun gives exactly the uninterrupted result."""
+    *_, uninterrupted = runs
+    lake = str(tmp_path / "lake")
+    add_clean(lake, FIRST)
+    run(lake)
+    add_clean(lake, SECOND)
+    version, before = lake_io.open_table(lake, "features").version(), table(lake)
+
+    def crash(*args, **kwargs):
+        raise RuntimeError("injected crash before the commit")
+    with monkeypatch.context() as m:
+        m.setattr(lake_io, "commit_files", crash)
+        with pytest.raises(Exception, match="injected crash"):
+            features.run(["--lake", lake, *ARGS])
+    assert lake_io.open_table(lake, "features").version() == version and table(lake) == before
+    run(lake)
+    assert _values(table(lake)) == _values(uninterrupted)
+
+
+def _values(rows: dict[tuple, dict]) -> dict[tuple, dict]:
+    """Window rows without the run-dependent columns."""
+    return {k: {c: v for c, v in r.items() if c not in ("computed_at", "source_version")} for k, r in rows.items()}

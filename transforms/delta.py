@@ -53,7 +53,10 @@ def with_partition_columns(table_name: str, data: pa.Table, partition_values) ->
     for name, value in partition_values:
         if name not in data.column_names:
             typ = schema.field(name).type
-            if isinstance(value, str):
+            if isinstance(value, str) and pa.types.is_date(typ):
+                # pyarrow 10 cannot cast string -> date32 directly; via a timestamp it can
+                column = pc.cast(pc.cast(pa.array([value] * data.num_rows, pa.string()), pa.timestamp("s")), typ)
+            elif isinstance(value, str):
                 column = pc.cast(pa.array([value] * data.num_rows, pa.string()), typ)
             else:
                 column = pa.array([value] * data.num_rows, typ)

@@ -76,6 +76,7 @@ class PlanConfig:
     gradual_modes: tuple[str, ...] = tuple(GRADUAL_MODES)
     data_faults: tuple[str, ...] = ("stuck_value", "dropout", "duplicates", "replay", "out_of_range",
                                     "unknown_device")
+    warmup: dt.timedelta = WARMUP      # no failure starts earlier in the span
 
 
 def _count(fraction: float, n: int) -> int:
@@ -111,19 +112,19 @@ def plan_incidents(fleet: list[Device], start: dt.datetime, end: dt.datetime, se
                     break
                 device = by_index[free.pop()]
                 length = min(dt.timedelta(days=5), span * 0.6)
-                s = at(start + WARMUP, end - length - dt.timedelta(minutes=20))
+                s = at(start + config.warmup, end - length - dt.timedelta(minutes=20))
                 incidents.append(Incident("failure", mode, device.device_id, device.index, s, s + length,
                                           sensor=sensor, category="gradual",
                                           detail={"turns_into": turns_into}))
                 incidents.append(acute(device, turns_into, s + length, category="acute_after_gradual"))
-    if span >= WARMUP + dt.timedelta(minutes=20):
+    if span >= config.warmup + dt.timedelta(minutes=20):
         for mode in config.acute_modes:
             duration = ACUTE_MODES[mode][2]
             for _ in range(_count(config.acute_fraction, len(fleet))):
                 if not free:
                     break
                 device = by_index[free.pop()]
-                incidents.append(acute(device, mode, at(start + WARMUP, end - duration - dt.timedelta(minutes=5))))
+                incidents.append(acute(device, mode, at(start + config.warmup, end - duration - dt.timedelta(minutes=5))))
     for fault in config.data_faults:
         if fault == "unknown_device":
             continue

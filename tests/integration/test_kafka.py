@@ -66,3 +66,18 @@ def test_produce_n_readings_and_consume_exactly_n_back(kafka_bootstrap):
     assert singles and batches
     assert len(consumed) == result.readings
     assert sorted(consumed) == sorted(e for e, _, _ in result.produced)
+
+
+@pytest.mark.parametrize("problem", ["missing alerts topic", "CreateTime readings topic"])
+def test_the_streaming_job_refuses_topics_it_cannot_work_with(kafka_bootstrap, problem, tmp_path):
+    from pipelines import streaming
+    readings = f"test.readings.{uuid.uuid4().hex[:8]}"
+    stamp = "LogAppendTime" if problem == "missing alerts topic" else "CreateTime"
+    new = NewTopic(readings, 1, 1, config={"message.timestamp.type": stamp})
+    admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
+    admin.create_topics([new])[readings].result(30)
+    alerts, expected = (("no.such.topic", "no.such.topic do not exist") if problem == "missing alerts topic"
+                        else ("sensor.alerts", "message.timestamp.type=CreateTime"))
+    with pytest.raises(SystemExit, match=expected):
+        streaming.main(["--lake", str(tmp_path / "lake"), "--bootstrap_servers", kafka_bootstrap,
+                        "--topic", readings, "--alerts_topic", alerts])
