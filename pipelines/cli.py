@@ -46,7 +46,12 @@ def utc_datetime(text: str) -> dt.datetime:
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Shows defaults and keeps the description's line breaks."""
+    """Shows defaults (unless there is none, or the help says it) and keeps the description's line breaks."""
+
+    def _get_help_string(self, action):
+        if action.default is None or "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
 
 
 BEAM_OPTIONS_EPILOG = """\
