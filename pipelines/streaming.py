@@ -21,6 +21,7 @@ import logging
 import os
 import re
 import sys
+import time
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
@@ -130,6 +131,17 @@ class FleetStreaming(beam.PTransform):
         return alerts
 
 
+def missing_topics(admin, topics, wait_s: float = 5.0) -> list[str]:
+    """Topics the broker does not list; waits a little, as a just-created topic can take a moment to
+    appear in the metadata."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        missing = [t for t in topics if t not in admin.list_topics(timeout=15).topics]
+        if not missing or time.monotonic() > deadline:
+            return missing
+        time.sleep(0.5)
+
+
 def check_topics(opts) -> None:
     """Both topics must exist: a missing alerts topic would fail every bundle that publishes an
     alert, over and over. The readings topic must stamp records with the broker's append time: that
@@ -139,8 +151,7 @@ def check_topics(opts) -> None:
     admin = AdminClient({"bootstrap.servers": opts.bootstrap_servers, **kafka_properties(opts)})
     resource = ConfigResource("topic", opts.topic)
     try:
-        existing = admin.list_topics(timeout=15).topics
-        missing = [t for t in (opts.topic, opts.alerts_topic) if t not in existing]
+        missing = missing_topics(admin, (opts.topic, opts.alerts_topic))
         kind = None if missing else admin.describe_configs([resource])[resource].result(timeout=15)[
             "message.timestamp.type"].value
     except Exception as exc:  # noqa: BLE001 - an unreachable broker is KafkaIO's to report and retry
