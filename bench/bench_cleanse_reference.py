@@ -43,6 +43,7 @@ import apache_beam as beam
 import polars as pl
 
 from bench.bench_batch import fresh_copy, simulated_lake
+from bench.machine import machine
 from schemas import contracts
 from schemas.sensors import SENSORS
 from transforms import delta, lake
@@ -313,7 +314,7 @@ def flag_series(element):
 def per_element_cleanse(lake_root: str, out_dir: str) -> dict:
     """The per-element Beam cleanse of every landing row of ``lake_root``; returns counts and seconds."""
     from apache_beam.io.parquetio import ReadAllFromParquet, WriteToParquet
-    from apache_beam.metrics.metric import MetricsFilter
+    from pipelines import cli
     started = time.monotonic()
     files = landing_files(lake_root)
     registry_files = [f.uri for f in delta.snapshot_files(lake_root, DEVICES)]
@@ -336,7 +337,7 @@ def per_element_cleanse(lake_root: str, out_dir: str) -> dict:
          | "WriteQuarantine" >> WriteToParquet(f"{out_dir}/quarantine", contracts.QUARANTINE,
                                                file_name_suffix=".parquet"))
     elapsed = time.monotonic() - started
-    c = {m.key.metric.name: m.committed for m in p.result.metrics().query(MetricsFilter().with_namespace("per_element"))["counters"]}
+    c = cli.metric_counters(p.result, "per_element")
     counts = {"rows_in": c.get("rows_in", 0), "duplicates_removed": c.get("duplicates_removed", 0),
               "quarantined_by_reason": {r: c.get(f"quarantined_{r}", 0) for r in REASONS},
               "clean_by_quality": {q: c.get(f"clean_{q}", 0) for q in QUALITIES},
@@ -386,13 +387,6 @@ def flat(counts: dict) -> dict[str, int]:
 def mismatches(reference: dict, other: dict) -> list[str]:
     a, b = flat(reference), flat(other)
     return [f"{k}: {a.get(k)} vs {b.get(k)}" for k in sorted(a.keys() | b.keys()) if a.get(k) != b.get(k)]
-
-
-def machine() -> dict:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), "unknown")
-    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return {"cpus": os.cpu_count(), "ram_gib": round(ram, 1), "cpu_model": cpu}
 
 
 def timed(name: str, fn, *args) -> dict:

@@ -27,7 +27,6 @@ import argparse
 import datetime as dt
 import json
 import os
-import platform
 import re
 import subprocess
 import sys
@@ -37,8 +36,9 @@ import uuid
 from collections import Counter
 from pathlib import Path
 
+from bench.machine import describe, machine
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-SENSORS_PER_DEVICE = 5                  # DESIGN section 4
 PARTITIONS = 4
 
 
@@ -69,14 +69,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-# ---------------------------------------------------------------- machine, services, Kafka
-
-def machine() -> str:
-    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                  if line.startswith("model name")), platform.processor())
-    mem_kb = int(re.search(r"MemTotal:\s+(\d+)", Path("/proc/meminfo").read_text()).group(1))
-    return f"{os.cpu_count()} cores ({model}), {mem_kb / 2**20:.0f} GB RAM, Python {platform.python_version()}"
-
+# ---------------------------------------------------------------- services, Kafka
 
 def services_running() -> bool:
     status = subprocess.run(["bash", "scripts/services.sh", "status"], cwd=PROJECT_ROOT, capture_output=True, text=True)
@@ -169,11 +162,16 @@ class Sampler(threading.Thread):
 
 # ---------------------------------------------------------------- producing
 
+def simulated_seconds(args, rate: float, wall_s: float) -> float:
+    """Simulated time that `wall_s` seconds at `rate` readings/s cover for the bench's fleet."""
+    from schemas.sensors import SENSOR_TYPES
+    return wall_s * rate / (args.devices * len(SENSOR_TYPES) / args.interval)
+
+
 def produce(args, lake: str, topic: str, phase: str, start: dt.datetime, rate: float, wall_s: float,
             *extra: str) -> dict:
     """Runs the simulator's stream at `rate` for `wall_s`; returns what it reported."""
-    per_sim_second = args.devices * SENSORS_PER_DEVICE / args.interval
-    sim_minutes = wall_s * rate / per_sim_second / 60
+    sim_minutes = simulated_seconds(args, rate, wall_s) / 60
     out = subprocess.run(
         [sys.executable, "-m", "pipelines.simulate", "--lake", lake, "--devices", str(args.devices), "--stream",
          "--topic", topic, "--bootstrap-servers", args.bootstrap_servers, "--interval", str(args.interval),
@@ -257,8 +255,8 @@ def run_flink(args, workdir: Path) -> dict:
     create_topic(args.bootstrap_servers, f"bench.alerts.{suffix}", partitions=1)
     log = workdir / f"flink-{suffix}" / "streaming.log"
     log.parent.mkdir(parents=True, exist_ok=True)
-    per_sim_second = args.devices * SENSORS_PER_DEVICE / args.interval
-    sim_total = (args.overload_s * args.overload_rate + args.steady_s * args.steady_rate) / per_sim_second
+    sim_total = (simulated_seconds(args, args.overload_rate, args.overload_s)
+                 + simulated_seconds(args, args.steady_rate, args.steady_s))
     start = dt.datetime.now(dt.timezone.utc).replace(microsecond=0) - dt.timedelta(seconds=sim_total + 60)
     others = [j["jid"] for j in flink_jobs.jobs("RUNNING")]
     if others:
@@ -368,7 +366,7 @@ GOAL_RATE, GOAL_P99_S = 233_000, 5.0
 
 
 def table(result: dict) -> str:
-    lines = [f"machine: {result['machine']}", f"fleet: {result['devices']} devices x 5 sensors every "
+    lines = [f"machine: {describe(result['machine'])}", f"fleet: {result['devices']} devices x 5 sensors every "
              f"{result['interval_s']:g} s; gateway batches of {result['batch_size']} readings, "
              f"{result['single_fraction']:.0%} of devices send single readings"]
     f = result.get("flink")

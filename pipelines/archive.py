@@ -49,7 +49,6 @@ import pyarrow.compute as pc
 import pyarrow.fs as pa_fs
 import pyarrow.parquet as pq
 from apache_beam.metrics import Metrics
-from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipelines import cli
@@ -242,7 +241,7 @@ class _ArchiveLandingFile(beam.DoFn):
         if unsafe:
             # the decoder never lands such ids; a row written by other means must not name a folder
             raise ValueError(f"{uri} holds device_id values that cannot name an archive folder (not "
-                             f"^[A-Za-z0-9_-]{{1,64}}$): {unsafe[:5]}; nothing was moved")
+                             f"{DEVICE_ID.pattern}): {unsafe[:5]}; nothing was moved")
         fs, root = _fs(self._lake)
         keys = np.char.add(np.asarray(to_numpy(keyed["_date"]), dtype=str),
                            np.asarray(to_numpy(keyed["device_id"]), dtype=str))
@@ -340,9 +339,8 @@ def run(argv: list[str] | None = None) -> dict:
     if cli.is_dry_run(options):
         return dict(summary, dry_run=True)
     result.wait_until_finish()
-    counters = {c.key.metric.name: int(c.committed if c.committed is not None else c.attempted or 0)
-                for c in result.metrics().query(MetricsFilter().with_namespace(APP))["counters"]}
-    summary.update(counters, removed_in_version=lake.find_commit(opts.lake, LANDING, plan.commit_id),
+    summary.update(cli.metric_counters(result, APP),
+                   removed_in_version=lake.find_commit(opts.lake, LANDING, plan.commit_id),
                    elapsed_s=round(time.monotonic() - started, 2))
     print("ARCHIVE_SUMMARY " + json.dumps(summary, sort_keys=True))
     return summary

@@ -26,7 +26,6 @@ import time
 from pathlib import Path
 
 import apache_beam as beam
-from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipelines import cli
@@ -108,14 +107,6 @@ def build(pipeline: beam.Pipeline, plan: cl.CleansePlan, config: cl.CleanseConfi
             baseline=load_baseline(path) if path else None, sample_rate=opts.tfdv_sample_rate)
 
 
-def counters(result) -> dict[str, int]:
-    out: dict[str, int] = {}
-    for c in result.metrics().query(MetricsFilter().with_namespace(cl.APP))["counters"]:
-        value = c.committed if c.committed is not None else c.attempted
-        out[c.key.metric.name] = out.get(c.key.metric.name, 0) + int(value or 0)
-    return out
-
-
 def rows_in_version(lake_root: str, table: str, version: int) -> int:
     """Rows a commit added (from the Delta log's per-file record counts)."""
     before = {f.uri for f in delta.snapshot_files(lake_root, table, version - 1)} if version else set()
@@ -194,7 +185,7 @@ def run(argv: list[str] | None = None) -> dict:
     if cli.is_dry_run(options):
         return {"dry_run": True, "reconciles": True}
     result.wait_until_finish()
-    summary = summarize(plan, counters(result), time.monotonic() - started)
+    summary = summarize(plan, cli.metric_counters(result, cl.APP), time.monotonic() - started)
     for table, c in summary["commits"].items():
         if c["version"] is not None:
             ensure_baseline(plan.lake, table, c["version"], baseline_path(plan.lake, opts.baseline_dir, table))

@@ -64,6 +64,17 @@ standard Beam options are accepted too, e.g.:
 see the README's "Running on Flink and Dataflow" for complete examples."""
 
 
+def metric_counters(result, namespace: str) -> dict[str, int]:
+    """A finished pipeline's counters of one namespace, by name, summed over the steps that report
+    them (committed values where the runner has them, attempted otherwise)."""
+    from apache_beam.metrics.metric import MetricsFilter
+    out: dict[str, int] = {}
+    for c in result.metrics().query(MetricsFilter().with_namespace(namespace))["counters"]:
+        value = c.committed if c.committed is not None else c.attempted
+        out[c.key.metric.name] = out.get(c.key.metric.name, 0) + int(value or 0)
+    return out
+
+
 def is_dry_run(options) -> bool:
     """``--dry_run`` (DataflowRunner): ``run()`` built and returned the job graph without running it, so
     there are no results, metrics or commits to read afterwards."""

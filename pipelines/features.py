@@ -26,7 +26,6 @@ import time
 from pathlib import Path
 
 import apache_beam as beam
-from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipelines import cli
@@ -75,14 +74,6 @@ def build(pipeline: beam.Pipeline, plan: ft.FeaturesPlan, config: ft.FeaturesCon
     tables, late = pipeline | "Features" >> ft.ComputeFeatures(plan, config)
     tables | "Write" >> ft.WriteFeatures(plan, config.sizes, late, baseline=load_baseline(path) if path else None,
                                          sample_rate=opts.tfdv_sample_rate)
-
-
-def counters(result) -> dict[str, int]:
-    out: dict[str, int] = {}
-    for c in result.metrics().query(MetricsFilter().with_namespace(ft.APP))["counters"]:
-        value = c.committed if c.committed is not None else c.attempted
-        out[c.key.metric.name] = out.get(c.key.metric.name, 0) + int(value or 0)
-    return out
 
 
 def _iso(us: int | None) -> str | None:
@@ -139,7 +130,7 @@ def run(argv: list[str] | None = None) -> dict:
     if cli.is_dry_run(options):
         return {"dry_run": True}
     result.wait_until_finish()
-    summary = summarize(plan, config, counters(result), time.monotonic() - started)
+    summary = summarize(plan, config, cli.metric_counters(result, ft.APP), time.monotonic() - started)
     if summary["commit"]["version"] is not None:
         ensure_baseline(plan.lake, ft.FEATURES, summary["commit"]["version"],
                         baseline_path(plan.lake, opts.baseline_dir, ft.FEATURES))

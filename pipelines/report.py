@@ -287,15 +287,14 @@ def alerts_near(alerts: pl.DataFrame, device_id: str, lo: dt.datetime, hi: dt.da
     return alerts.filter((pl.col("device_id") == device_id) & (pl.col(until) >= lo) & (pl.col("event_time") <= hi))
 
 
-def pick_trace_incidents(truth: list[dict], alerts: pl.DataFrame, limit: int = 7,
-                         active: set[str] | None = None) -> list[dict]:
+def pick_trace_incidents(truth: list[dict], alerts: pl.DataFrame, active: set[str], limit: int = 7) -> list[dict]:
     """One failure per mode, most interesting first. Only devices whose readings reach clean data
     (``active`` registry devices), and acute modes from the stream where there is one (its
     seconds-apart readings show the event; the history's minutes-apart ones may miss it). Then:
     missed ones (no alert of the device around the failure), gradual ones (the batch path's early
     warning, ending in an acute phase), the rest; within a group in time order."""
     failures = [r for r in truth if r["kind"] == "failure" and r.get("category") in ("acute", "gradual")
-                and (active is None or r["device_id"] in active)]
+                and r["device_id"] in active]
 
     def key(r: dict) -> tuple:
         near = alerts_near(alerts, r["device_id"], *trace_window(r, truth))
@@ -418,13 +417,13 @@ def gather(opts: argparse.Namespace) -> ReportData:
                                                      "detected_at", "event_id", "context"]))
     truth = load_truth(truth_dir)
     checks = stream_checks(root, truth_dir, landing, truth) + lake_checks(root, landing_table.version(), landing)
-    data = ReportData(root, opts.title, truth_dir, run_facts(root, landing, opts), checks, alerts)
+    devices = read_frame(root, "devices", ["device_id", "active"])
+    data = ReportData(root, opts.title, truth_dir, run_facts(root, landing, devices, opts), checks, alerts)
     data.latency = acute_latency(alerts, landing.select(KEY + ["timestamp_ingested"]))
     data.incidents = match_incidents(alerts, truth)
-    registry = lake.read(root, "devices", columns=["device_id", "active"])
-    active = {d for d, a in zip(registry["device_id"].to_pylist(), registry["active"].to_pylist()) if a}
+    active = set(devices.filter(pl.col("active")).get_column("device_id").to_list())
     data.traces = [read_trace(root, r, truth, alerts)
-                   for r in pick_trace_incidents(truth, alerts, opts.max_traces, active)]
+                   for r in pick_trace_incidents(truth, alerts, active, opts.max_traces)]
     add_detection(data, truth, opts.window_size)
     return data
 
@@ -448,8 +447,7 @@ def lake_checks(root: str, latest: int, landing_latest: pl.DataFrame) -> list[Ch
                           None if same else landing_latest.select(KEY))
 
 
-def run_facts(root: str, landing: pl.DataFrame, opts: argparse.Namespace) -> dict:
-    devices = read_frame(root, "devices", ["device_id", "active"])
+def run_facts(root: str, landing: pl.DataFrame, devices: pl.DataFrame, opts: argparse.Namespace) -> dict:
     facts = {"lake": root, "generated_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
              "devices": devices.height, "active_devices": int(devices.get_column("active").sum()) if devices.height else 0,
              "tables": table_facts(root)}

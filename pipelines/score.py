@@ -35,7 +35,6 @@ import apache_beam as beam
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
-from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from models import ensemble, registry
@@ -180,14 +179,6 @@ class ScoreOptions(PipelineOptions):
                        help="anomalous windows at most this many windows apart belong to one episode (one alert)")
 
 
-def _counters(result) -> dict[str, int]:
-    out: dict[str, int] = {}
-    for c in result.metrics().query(MetricsFilter().with_namespace(APP))["counters"]:
-        out[c.key.metric.name] = out.get(c.key.metric.name, 0) + int(c.committed if c.committed is not None
-                                                                      else c.attempted or 0)
-    return out
-
-
 def run(argv: list[str] | None = None) -> dict:
     options = cli.parse_pipeline_args(ScoreOptions, argv, "python -m pipelines.score", __doc__)
     opts = options.view_as(ScoreOptions)
@@ -220,7 +211,7 @@ def run(argv: list[str] | None = None) -> dict:
         return {"dry_run": True}
     result.wait_until_finish()
     summary = {"features_versions": [plan.after, plan.upto], "window_size": plan.window_size,
-               "models": plan.inputs()["models"], "tables": plan.tables, **_counters(result),
+               "models": plan.inputs()["models"], "tables": plan.tables, **cli.metric_counters(result, APP),
                "commits": {t: lake.find_commit(opts.lake, t, plan.commit_id(t)) for t in plan.tables},
                "elapsed_s": round(time.monotonic() - started, 2)}
     print("SCORE_SUMMARY " + json.dumps(summary, sort_keys=True))

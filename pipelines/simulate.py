@@ -27,9 +27,10 @@ import pyarrow.parquet as pq
 from pipelines import cli
 from pipelines.simulation import fleet as fleet_mod
 from pipelines.simulation.backfill import backfill
-from pipelines.simulation.incidents import (ACUTE_MODES, DATA_FAULTS, GRADUAL_MODES, WARMUP, WIRE_FAULTS, PlanConfig,
-                                            plan_incidents, unknown_devices)
+from pipelines.simulation.incidents import (ACUTE_MODES, DATA_FAULTS, GRADUAL_MODES, WARMUP, WIRE_FAULTS,
+                                            PlanConfig, plan_incidents, unknown_devices)
 from pipelines.simulation.stream import StreamConfig, stream
+from schemas.sensors import SENSOR_TYPES
 from transforms import lake
 
 log = logging.getLogger("simulate")
@@ -160,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
         sim_seconds = args.stream_minutes * 60
         acceleration = args.acceleration
         if args.rate:
-            per_sim_second = 5 * (len(fleet) + len(extra)) / args.interval
+            per_sim_second = len(SENSOR_TYPES) * (len(fleet) + len(extra)) / args.interval
             acceleration = args.rate / per_sim_second
         wall_seconds = sim_seconds / acceleration if acceleration > 0 else 0
         start = args.stream_start or (dt.datetime.now(dt.timezone.utc).replace(microsecond=0)

@@ -124,7 +124,8 @@ def plan_incidents(fleet: list[Device], start: dt.datetime, end: dt.datetime, se
                 if not free:
                     break
                 device = by_index[free.pop()]
-                incidents.append(acute(device, mode, at(start + config.warmup, end - duration - dt.timedelta(minutes=5))))
+                when = at(start + config.warmup, end - duration - dt.timedelta(minutes=5))
+                incidents.append(acute(device, mode, when))
     for fault in config.data_faults:
         if fault == "unknown_device":
             continue
