@@ -81,11 +81,22 @@ def services(action: str) -> None:
 
 
 def create_topic(bootstrap: str, topic: str, partitions: int = PARTITIONS) -> None:
+    from confluent_kafka import KafkaError
     from confluent_kafka.admin import AdminClient, NewTopic
+    from transforms.retry import kafka_error, retry
     admin = AdminClient({"bootstrap.servers": bootstrap})
     new = NewTopic(topic, partitions, 1, config={"message.timestamp.type": "LogAppendTime"})
-    for future in admin.create_topics([new]).values():
-        future.result(30)
+    attempts = []
+
+    def once() -> None:
+        attempts.append(1)
+        try:
+            admin.create_topics([new])[topic].result(30)
+        except Exception as exc:  # an attempt that timed out may have created it
+            err = kafka_error(exc)
+            if len(attempts) == 1 or err is None or err.code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                raise
+    retry(once, what=f"create topic {topic}", deadline_s=60)
 
 
 class Offsets:
@@ -97,9 +108,13 @@ class Offsets:
         self._partitions = [TopicPartition(topic, p) for p in range(PARTITIONS)]
 
     def lag(self) -> int:
-        ends = sum(self._consumer.get_watermark_offsets(tp, timeout=10)[1] for tp in self._partitions)
-        committed = sum(max(tp.offset, 0) for tp in self._consumer.committed(self._partitions, timeout=10))
-        return ends - committed
+        from transforms.retry import retry
+
+        def once() -> int:
+            ends = sum(self._consumer.get_watermark_offsets(tp, timeout=10)[1] for tp in self._partitions)
+            committed = sum(max(tp.offset, 0) for tp in self._consumer.committed(self._partitions, timeout=10))
+            return ends - committed
+        return retry(once, what="read the job's consumer lag", deadline_s=30)
 
     def close(self) -> None:
         self._consumer.close()

@@ -56,7 +56,7 @@ from schemas import contracts
 from transforms import lake
 from transforms.decode import DEVICE_ID
 from transforms.delta import DeltaFile, snapshot_files, with_partition_columns
-from transforms.arrow import to_numpy
+from transforms.arrow import Gather, to_numpy
 from transforms.timestamps import parse_ts
 
 log = logging.getLogger("archive")
@@ -300,7 +300,8 @@ class MoveToArchive(beam.PTransform):
                 | "LandingFiles" >> beam.Create([(f.uri, f.partition_values) for f in self._plan.files])
                 | "Spread" >> beam.Reshuffle()
                 | "WriteArchive" >> beam.ParDo(_ArchiveLandingFile(self._plan.lake))
-                | "AllWritten" >> beam.combiners.ToList()
+                # one small (uri, rows, written) per landing file crosses the shuffle, not a bundle's list
+                | "AllWritten" >> Gather()
                 | "RemoveFromLanding" >> beam.ParDo(_RemoveFromLanding(self._plan)))
 
 

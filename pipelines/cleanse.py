@@ -108,10 +108,16 @@ def build(pipeline: beam.Pipeline, plan: cl.CleansePlan, config: cl.CleanseConfi
 
 
 def rows_in_version(lake_root: str, table: str, version: int) -> int:
-    """Rows a commit added (from the Delta log's per-file record counts)."""
+    """Rows a commit added (the record counts of its add actions; one commit file read)."""
+    changes = lake.version_changes(lake_root, table, version)
+    if changes is None:      # the commit file is gone (log cleanup): diff the snapshots
+        return _rows_by_snapshot(lake_root, table, version)
+    return sum(a.num_records or 0 for a in changes.adds if a.data_change)
+
+
+def _rows_by_snapshot(lake_root: str, table: str, version: int) -> int:
     before = {f.uri for f in delta.snapshot_files(lake_root, table, version - 1)} if version else set()
-    dt_ = lake.open_table(lake_root, table, version)
-    actions = dt_.get_add_actions(flatten=True).to_pydict()
+    actions = lake.open_table(lake_root, table, version).get_add_actions(flatten=True).to_pydict()
     root = lake.table_uri(lake_root, table)
     counts = zip(actions.get("path", []), actions.get("num_records", []))    # no columns when no files
     return sum(n for p, n in counts if f"{root}/{p}" not in before)
@@ -136,7 +142,8 @@ def summarize(plan: cl.CleansePlan, c: dict[str, int], elapsed_s: float) -> dict
     s["rows_per_s"] = round(s["rows_in"] / elapsed_s) if elapsed_s else None
     s["commits"] = {}
     for table in plan.tables_to_write():
-        version = lake.find_commit(plan.lake, table, plan.commit_id(table))
+        # the run's own commit is the newest cleanse commit of the table: one or two commit files read
+        version = lake.find_commit(plan.lake, table, plan.commit_id(table), app=cl.APP)
         s["commits"][table] = {"version": version,
                                "rows": rows_in_version(plan.lake, table, version) if version is not None else None}
     written = {cl.CLEAN: s["clean"], cl.QUARANTINE: s["quarantined"]}

@@ -47,6 +47,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from pipelines import archive, cli
 from schemas import contracts
 from transforms import lake
+from transforms.arrow import DEFAULT_BOUND, ChunkBound, ElementSizes, Gather, keyed_chunks
 from transforms.delta import DeltaFile, snapshot_files, with_partition_columns
 
 log = logging.getLogger("extract_training")
@@ -183,7 +184,8 @@ def feature_columns_for(sensors: tuple[str, ...]) -> list[str]:
 
 
 def shard_of(data: pa.Table, spec: ExtractSpec) -> list[tuple[str, pa.Table]]:
-    """Splits rows into output shards: <day>-<bucket> by ingestion day (raw) or window day (features)."""
+    """Splits rows into output shards: <day>-<bucket> by ingestion day (raw) or window day (features).
+    A shard's table is as large as the input's rows of that shard: chunk it before a shuffle."""
     if data.num_rows == 0:
         return []
     col = "timestamp_ingested" if spec.kind == "raw" else "window_start"
@@ -269,6 +271,22 @@ def write_shard(directory: str, key: str, tables: list[pa.Table], spec: ExtractS
             "sha256": hashlib.sha256(payload).hexdigest()}
 
 
+class _ShardChunks(beam.DoFn):
+    """Rows -> (output shard, Arrow chunk within ``bound``): an output file's rows cross the shuffle as
+    many bounded chunks and are concatenated (and sorted) in :func:`write_shard`."""
+
+    def __init__(self, spec: ExtractSpec, bound: ChunkBound = DEFAULT_BOUND):
+        self._spec, self._bound = spec, bound
+
+    def setup(self):
+        self._sizes = ElementSizes("extract_shards")
+
+    def process(self, data: pa.Table):
+        for key, part in shard_of(data, self._spec):
+            for key_, chunk in keyed_chunks(key, part, self._bound):
+                yield key_, self._sizes.observe(chunk)
+
+
 class _WriteShard(beam.DoFn):
     def __init__(self, directory: str, spec: ExtractSpec):
         self._dir, self._spec = directory, spec
@@ -286,9 +304,9 @@ class _WriteShard(beam.DoFn):
 class ExtractDataset(beam.PTransform):
     """Reads the planned files of both tiers, filters, and writes sorted shards. Output: file infos."""
 
-    def __init__(self, plan: ExtractPlan, directory: str):
+    def __init__(self, plan: ExtractPlan, directory: str, bound: ChunkBound = DEFAULT_BOUND):
         super().__init__()
-        self._plan, self._dir = plan, directory
+        self._plan, self._dir, self._bound = plan, directory, bound
 
     def expand(self, pbegin):
         plan, spec = self._plan, self._plan.spec
@@ -311,7 +329,7 @@ class ExtractDataset(beam.PTransform):
                          | "ReadCold" >> beam.ParDo(_ReadArchive(plan.lake, spec)))
         return (parts | "Union" >> beam.Flatten()
                 | "Filter" >> beam.Map(keep)
-                | "Shard" >> beam.FlatMap(lambda d: shard_of(d, spec))
+                | "Shard" >> beam.ParDo(_ShardChunks(spec, self._bound))
                 | "GroupShards" >> beam.GroupByKey()
                 | "WriteShards" >> beam.ParDo(_WriteShard(self._dir, spec)))
 
@@ -338,7 +356,7 @@ def extract(lake_root: str, spec: ExtractSpec, output: str | None = None, datase
     staging = f"{directory}.staging-{os.getpid()}"
     os.makedirs(staging, exist_ok=True)
     pipeline = beam.Pipeline(options=options)
-    files = (pipeline | "Extract" >> ExtractDataset(plan, staging) | "AllFiles" >> beam.combiners.ToList())
+    files = (pipeline | "Extract" >> ExtractDataset(plan, staging) | "AllFiles" >> Gather())
     manifest_holder: list[dict] = []
 
     def write_manifest(infos):

@@ -19,7 +19,8 @@ Sections:
   3. alert timeline by rule; 4. anomaly score distributions with thresholds per model;
   5. detection quality against the ground truth (pipelines.evaluate);
   6. latency from arrival (landing timestamp_ingested of the triggering reading) to acute alert
-     (detected_at), and which acute incidents of the stream got their expected rule's alert.
+     (detected_at), and which acute incidents of the stream got their expected rule's alert; both are
+     checks that fail the run (an alert later than 2 minutes, an incident without its alert).
 
 examples:
   python -m pipelines.report
@@ -198,6 +199,18 @@ def _consumed_check(v: LakeVersions) -> Check:
               f"cleanse has not consumed landing v{v.clean_consumed + 1}..v{v.landing_latest}: "
               f"comparing against v{v.clean_consumed}, the version it consumed")
     return Check("lake", "landing version consumed by the cleanse", v.landing_latest, v.clean_consumed, INFO, detail)
+
+
+def latency_checks(lat: Latency, incidents: IncidentMatch) -> list[Check]:
+    """The seed's safety requirement as checks that fail the run: every acute incident of the stream
+    gets its alert, each alert within the budget after its triggering reading arrived."""
+    s = "latency"
+    return [
+        _check(s, "stream acute incidents with their rule's alert", incidents.incidents.height, incidents.alerted),
+        _check(s, "acute alerts joined to the landing row of their triggering reading", lat.alerts, lat.joined),
+        _check(s, f"acute alerts later than {lat.budget_s:.0f} s after arrival", 0, lat.over_budget,
+               f"p50 {_s(lat.p50_s)}, p99 {_s(lat.p99_s)}, max {_s(lat.max_s)}"),
+    ]
 
 
 def failed(checks: list[Check]) -> list[Check]:
@@ -404,6 +417,7 @@ class ReportData:
     detection_error: str | None = None
     latency: Latency | None = None
     incidents: IncidentMatch | None = None
+    upkeep: dict | None = None                # pipelines.maintain's summary, if it ran
 
 
 def gather(opts: argparse.Namespace) -> ReportData:
@@ -421,11 +435,25 @@ def gather(opts: argparse.Namespace) -> ReportData:
     data = ReportData(root, opts.title, truth_dir, run_facts(root, landing, devices, opts), checks, alerts)
     data.latency = acute_latency(alerts, landing.select(KEY + ["timestamp_ingested"]))
     data.incidents = match_incidents(alerts, truth)
+    data.checks += latency_checks(data.latency, data.incidents)
+    data.upkeep = load_upkeep(opts.maintenance_json)
     active = set(devices.filter(pl.col("active")).get_column("device_id").to_list())
     data.traces = [read_trace(root, r, truth, alerts)
                    for r in pick_trace_incidents(truth, alerts, active, opts.max_traces)]
     add_detection(data, truth, opts.window_size)
     return data
+
+
+def load_upkeep(path: str | None) -> dict | None:
+    if not path or not Path(path).exists():
+        return None
+    return json.loads(Path(path).read_text())
+
+
+def upkeep_rows(upkeep: dict | None) -> list[tuple[str, int, int, int]]:
+    """(table, files before, files after, files vacuumed) of a maintain run."""
+    return [(name, t["files_before"], t["files_after"], t["vacuumed_files"])
+            for name, t in sorted((upkeep or {}).get("tables", {}).items())]
 
 
 def stream_checks(root: str, truth_dir: Path, landing: pl.DataFrame, truth: list[dict]) -> list[Check]:
@@ -716,9 +744,12 @@ def html_header(d: ReportData) -> str:
         facts.append(["wall time", f"{f['wall_time_s']:.0f} s since {_e(f['started_at'])}"])
     tables = [[_e(n), _num(v), _num(r)] for n, (v, r) in f["tables"].items()]
     status = "FAIL" if failed(d.checks) else "OK"
+    upkeep = [[_e(n), _num(b), _num(a), _num(v)] for n, b, a, v in upkeep_rows(d.upkeep)]
     return (f"<h1>{_e(d.title)}</h1><p>reconciliation: <span class='{status}'>&nbsp;{status}&nbsp;</span></p>"
             + _table(["run", ""], facts) + _table(["table", "version", "rows"], tables,
-                                                  [["", "num", "num"]] * len(tables)))
+                                                  [["", "num", "num"]] * len(tables))
+            + (_table(["lake upkeep (pipelines.maintain)", "files before", "files after", "files vacuumed"], upkeep,
+                      [["", "num", "num", "num"]] * len(upkeep)) if upkeep else ""))
 
 
 def html_reconciliation(d: ReportData) -> str:
@@ -840,6 +871,8 @@ def console_summary(d: ReportData, out_path: str) -> str:
         lines.append(f"  acute: {d.incidents.alerted}/{d.incidents.incidents.height} stream incidents alerted, "
                      f"{d.incidents.unmatched_alerts.height} alerts without incident; latency p50 {_s(d.latency.p50_s)}, "
                      f"p99 {_s(d.latency.p99_s)}, {d.latency.over_budget} over {d.latency.budget_s:.0f} s")
+    if d.upkeep:
+        lines.append("  lake upkeep: " + ", ".join(f"{n} {b:,} -> {a:,} files" for n, b, a, _ in upkeep_rows(d.upkeep)))
     skipped = sum(c.status == SKIP for c in d.checks)
     lines.append(f"  reconciliation {'FAILED' if failed(d.checks) else 'OK'}"
                  f"{f' ({skipped} skipped)' if skipped else ''}; report: {out_path}")
@@ -877,6 +910,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--started_at", type=_started_at, default=None,
                    help="when the run started (ISO-8601, naive = UTC, or epoch seconds): the header shows the wall time")
     p.add_argument("--window_size", default=None, help="score window size for sections 4-5 (None: 1h if scored, else the first scored size)")
+    p.add_argument("--maintenance_json", default=None,
+                   help="summary JSON of pipelines.maintain (--json): the header shows file counts before and after")
     p.add_argument("--max_traces", type=int, default=7, help="failing devices to plot (one per failure mode)")
     p.add_argument("--png_dir", default=None,
                    help="also write every figure as a PNG file into this folder (replaces its trace_*.png)")

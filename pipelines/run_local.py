@@ -9,7 +9,12 @@ Stages (each a pipeline entry point, run as its own process so its log and exit 
                 streaming job is stopped once it has landed everything the simulator produced
   5. batch      cleanse -> features -> score over what streamed in
   6. evaluate   detection quality against the simulator's ground truth
-  7. report     HTML report + console summary; exit 1 when the counts do not reconcile
+  7. maintain   lake upkeep (archive move, compaction, checkpoints, vacuum)
+  8. report     HTML report + console summary; exit 1 when the counts do not reconcile or an acute
+                alert came later than the seed's 2 minutes after its reading arrived
+
+Every run starts clean: an earlier run's lake, models and outputs in --data are removed first (only in
+a folder that run_local made), so reruns give the same figures.
 
 Kafka and Flink must be running (run_local.sh starts and stops them).
 """
@@ -19,6 +24,7 @@ import argparse
 import datetime as dt
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -75,9 +81,14 @@ class Stages:
         return code
 
 
-def flink_jobs(rest: str) -> list[dict]:
-    with urllib.request.urlopen(f"http://{rest}/jobs/overview", timeout=10) as r:
-        return json.load(r)["jobs"]
+def flink_jobs(rest: str, deadline_s: float = 120) -> list[dict]:
+    """The cluster's jobs; a busy or restarting JobManager (5xx, refused, timeout) is retried."""
+    from transforms.retry import http_retriable, retry
+
+    def once() -> list[dict]:
+        with urllib.request.urlopen(f"http://{rest}/jobs/overview", timeout=10) as r:
+            return json.load(r)["jobs"]
+    return retry(once, what=f"list the Flink jobs at {rest}", deadline_s=deadline_s, retriable=http_retriable)
 
 
 def landed_counts(lake: str) -> tuple[int, int]:
@@ -92,13 +103,27 @@ def landed_counts(lake: str) -> tuple[int, int]:
 def start_group_at_end(bootstrap: str, topic: str, group: str) -> None:
     """Positions a new consumer group at the end of the topic: this run reads only what it produces,
     not the readings earlier runs left in the topic."""
-    from confluent_kafka import Consumer, TopicPartition
+    from confluent_kafka import Consumer, KafkaException, TopicPartition
+    from transforms.retry import kafka_new_topic_retriable, partitions_ok, retry
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False})
-    partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
-    ends = [TopicPartition(topic, p, consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1])
-            for p in partitions]
-    consumer.commit(offsets=ends, asynchronous=False)
-    consumer.close()
+
+    def partitions() -> list[int]:
+        meta = consumer.list_topics(topic, timeout=10).topics[topic]
+        if meta.error is not None:     # e.g. a topic just created, or a leader election
+            raise KafkaException(meta.error)
+        return sorted(meta.partitions)
+
+    def end(p: int) -> int:
+        return consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
+    try:
+        # a freshly started broker answers COORDINATOR_LOAD_IN_PROGRESS etc. for a while
+        ps = retry(partitions, what=f"list the partitions of {topic}", retriable=kafka_new_topic_retriable)
+        ends = [TopicPartition(topic, p, retry(lambda: end(p), what=f"read the end offset of {topic}[{p}]"))
+                for p in ps]
+        retry(lambda: partitions_ok(consumer.commit(offsets=ends, asynchronous=False)),
+              what=f"commit the end offsets of {topic} for group {group}")
+    finally:
+        consumer.close()
 
 
 class StreamingJob:
@@ -111,7 +136,12 @@ class StreamingJob:
         self.process = subprocess.Popen(
             [sys.executable, "-m", "pipelines.streaming", "--lake", lake, "--consumer_group", group,
              "--bootstrap_servers", args.bootstrap_servers, "--commit_interval_s", "10",
-             "--runner=PortableRunner", f"--job_endpoint={args.job_endpoint}", "--environment_type=LOOPBACK",
+             "--runner=PortableRunner", f"--job_endpoint={args.job_endpoint}",
+             # Python runs in the worker pool (scripts/services.sh start workers), one SDK worker process
+             # per core; the Java KafkaIO stays EMBEDDED in the TaskManager
+             "--environment_type=EXTERNAL",
+             f"--environment_config=127.0.0.1:{os.environ.get('SDK_WORKER_POOL_PORT', '50000')}",
+             f"--sdk_worker_parallelism={os.cpu_count() or 1}",
              "--default_environment_type=EMBEDDED", "--max_bundle_time_mills=100",
              "--checkpointing_interval=30000", "--parallelism=2"],
             cwd=PROJECT_ROOT, stdout=log.open("w"), stderr=subprocess.STDOUT)
@@ -122,16 +152,19 @@ class StreamingJob:
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise SystemExit(f"the streaming job exited early; see {self.log}")
-            new = [j["jid"] for j in flink_jobs(self.args.flink_rest) if j["jid"] not in self.known
-                   and j["state"] == "RUNNING"]
+            jobs = flink_jobs(self.args.flink_rest, deadline_s=max(1.0, deadline - time.monotonic()))
+            new = [j["jid"] for j in jobs if j["jid"] not in self.known and j["state"] == "RUNNING"]
             if new:
                 return new[0]
             time.sleep(1)
         raise SystemExit(f"the streaming job did not start within {timeout_s} s; see {self.log}")
 
     def stop(self) -> None:
-        request = urllib.request.Request(f"http://{self.args.flink_rest}/jobs/{self.jid}?mode=cancel", method="PATCH")
-        urllib.request.urlopen(request, timeout=10).read()
+        from transforms.retry import http_retriable, retry
+        url = f"http://{self.args.flink_rest}/jobs/{self.jid}?mode=cancel"
+        # cancelling twice is harmless: a retry after a lost response only repeats the request
+        retry(lambda: urllib.request.urlopen(urllib.request.Request(url, method="PATCH"), timeout=10).read(),
+              what=f"cancel Flink job {self.jid}", retriable=http_retriable)
         try:
             self.process.wait(timeout=60)
         except subprocess.TimeoutExpired:
@@ -160,18 +193,40 @@ def expected_stream_counts(truth_dir: Path) -> tuple[int, int]:
     return kinds.count("reading"), len({r for r in produced["expected_reason"].to_pylist() if r})
 
 
+RUN_MARKER = ".run_local.json"     # written into --data: marks a folder this job made and may replace
+OUTPUTS = ("lake", "models", "ground_truth", "report.html", "evaluation.json", "maintenance.json", "streaming.log")
+
+
+def start_clean(data: Path, args: argparse.Namespace) -> None:
+    """Every run starts from an empty --data: a rerun never appends a second copy of the history, and
+    the same arguments give the same report figures. Only a folder an earlier run made is cleared."""
+    marker = data / RUN_MARKER
+    if data.exists() and any(data.iterdir()) and not marker.exists():
+        raise SystemExit(f"{data} exists and was not made by run_local (no {RUN_MARKER}); "
+                         "choose another --data or empty it")
+    if marker.exists():
+        print(f"==> {data} holds an earlier run ({json.loads(marker.read_text()).get('started_at')}): "
+              "removing its lake, models and outputs, starting clean", flush=True)
+        for name in OUTPUTS:
+            path = data / name
+            shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+    data.mkdir(parents=True, exist_ok=True)
+    marker.write_text(json.dumps({"started_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                                  "args": vars(args)}, indent=2, sort_keys=True))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     started_at = dt.datetime.now(dt.timezone.utc)
     data = Path(args.data)
     lake, models, truth = str(data / "lake"), str(data / "models"), data / "ground_truth"
-    data.mkdir(parents=True, exist_ok=True)
+    start_clean(data, args)
     runner = ([f"--runner=PortableRunner", f"--job_endpoint={args.job_endpoint}", "--environment_type=LOOPBACK",
                "--parallelism=1"] if args.batch_runner == "flink" else ["--runner=DirectRunner"])
     end = started_at.replace(hour=0, minute=0, second=0, microsecond=0)
     start = end - dt.timedelta(days=args.days)
     train_end = start + dt.timedelta(days=max(1.0, args.days / 2))
-    stages = Stages(total=12)
+    stages = Stages(total=13)
     sim = ["--lake", lake, "--devices", str(args.devices), "--seed", str(args.seed)]
 
     stages.run("history: registry + backfill", "pipelines.simulate", *sim, "--backfill-days", str(args.days),
@@ -209,8 +264,11 @@ def main(argv: list[str] | None = None) -> int:
     stages.run("score", "pipelines.score", "--lake", lake, "--models", models, "--window_size", args.window_size, *runner)
     stages.run("evaluate detection quality", "pipelines.evaluate", "--lake", lake, "--window_size", args.window_size,
                "--eval_from", train_end.isoformat(), "--json", str(data / "evaluation.json"))
+    stages.run("lake upkeep: archive, compaction, checkpoints, vacuum", "pipelines.maintain", "--lake", lake,
+               "--json", str(data / "maintenance.json"), *runner)
     code = stages.run("report", "pipelines.report", "--lake", lake, "--out", str(data / "report.html"),
-                      "--started_at", started_at.isoformat(), ok_codes=(0, 1))
+                      "--started_at", started_at.isoformat(), "--maintenance_json", str(data / "maintenance.json"),
+                      ok_codes=(0, 1))
     total = time.monotonic() - stages.t0
     print(f"\n==> done in {total / 60:.1f} min; report {data / 'report.html'}"
           + ("" if code == 0 else "  (RECONCILIATION FAILED)"), flush=True)

@@ -24,7 +24,7 @@ import sys
 import time
 
 import apache_beam as beam
-from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions, WorkerOptions
 from apache_beam.transforms import window
 
 from pipelines import cli
@@ -131,15 +131,33 @@ class FleetStreaming(beam.PTransform):
         return alerts
 
 
-def missing_topics(admin, topics, wait_s: float = 5.0) -> list[str]:
+TOPIC_CHECK_DEADLINE_S = 60.0
+
+
+def missing_topics(admin, topics, wait_s: float = 5.0, deadline_s: float = TOPIC_CHECK_DEADLINE_S) -> list[str]:
     """Topics the broker does not list; waits a little, as a just-created topic can take a moment to
-    appear in the metadata."""
+    appear in the metadata. Transient metadata errors are retried up to `deadline_s`."""
+    from transforms.retry import retry
     deadline = time.monotonic() + wait_s
     while True:
-        missing = [t for t in topics if t not in admin.list_topics(timeout=15).topics]
+        listed = retry(lambda: admin.list_topics(timeout=15).topics, what="list the Kafka topics",
+                       deadline_s=deadline_s)
+        missing = [t for t in topics if t not in listed]
         if not missing or time.monotonic() > deadline:
             return missing
         time.sleep(0.5)
+
+
+def timestamp_type(admin, topic: str, deadline_s: float = TOPIC_CHECK_DEADLINE_S) -> str:
+    """The topic's message.timestamp.type; the topic is listed, so "unknown topic" is transient here."""
+    from confluent_kafka.admin import ConfigResource
+    from transforms.retry import kafka_new_topic_retriable, retry
+    resource = ConfigResource("topic", topic)
+
+    def once() -> str:    # a future answers once: every attempt asks again
+        return admin.describe_configs([resource])[resource].result(timeout=15)["message.timestamp.type"].value
+    return retry(once, what=f"read the configuration of topic {topic}", deadline_s=deadline_s,
+                 retriable=kafka_new_topic_retriable)
 
 
 def check_topics(opts) -> None:
@@ -147,14 +165,12 @@ def check_topics(opts) -> None:
     alert, over and over. The readings topic must stamp records with the broker's append time: that
     is the record time the pipeline reads (timestamp_ingested, event time of the intervals); a topic
     with producer CreateTime records makes KafkaIO's LogAppendTime policy fail on the first record."""
-    from confluent_kafka.admin import AdminClient, ConfigResource
+    from confluent_kafka.admin import AdminClient
     admin = AdminClient({"bootstrap.servers": opts.bootstrap_servers, **kafka_properties(opts)})
-    resource = ConfigResource("topic", opts.topic)
     try:
         missing = missing_topics(admin, (opts.topic, opts.alerts_topic))
-        kind = None if missing else admin.describe_configs([resource])[resource].result(timeout=15)[
-            "message.timestamp.type"].value
-    except Exception as exc:  # noqa: BLE001 - an unreachable broker is KafkaIO's to report and retry
+        kind = None if missing else timestamp_type(admin, opts.topic)
+    except Exception as exc:  # noqa: BLE001 - still unreachable after the retries: KafkaIO's to report
         log.warning("could not check topics %s and %s: %s", opts.topic, opts.alerts_topic, exc)
         return
     if missing:
@@ -177,12 +193,19 @@ def build(p: beam.Pipeline, opts) -> None:
          kafka_commit={**client, "group.id": opts.consumer_group}, alerts_topic=opts.alerts_topic))
 
 
+STATE_CACHE_MB = 256
+
+
 def main(argv: list[str] | None = None) -> int:
     cli.setup_logging()
     options = cli.parse_pipeline_args(StreamingOptions, argv, "python -m pipelines.streaming", __doc__)
     opts = options.view_as(StreamingOptions)
     if opts.max_num_records is None:
         options.view_as(StandardOptions).streaming = True
+    if not options.view_as(WorkerOptions).max_cache_memory_usage_mb:
+        # the acute rules' state store reads only the pages a batch needs thanks to the SDK's state
+        # cache across bundles, which Beam leaves off by default
+        options.view_as(WorkerOptions).max_cache_memory_usage_mb = STATE_CACHE_MB
     if options.view_as(StandardOptions).runner != "DataflowRunner":
         check_topics(opts)
     log.info("reading %s from %s (group %s), landing into %s every %.0f s",

@@ -139,7 +139,8 @@ SCORES = pa.schema([
 ])
 
 ALERT_SEVERITIES = ("CRITICAL", "HIGH", "WARNING")
-ACUTE_RULES = ("CURRENT_SPIKE", "PRESSURE_DROP", "VIBRATION_SURGE", "COOLING_LOSS")
+# the acute rules are registered once, as classes of the engine (no import cycle: it imports no schema)
+from transforms.acute_rules import RULE_NAMES as ACUTE_RULES  # noqa: E402
 
 ALERTS = pa.schema([
     _req("alert_id", pa.string()),

@@ -16,6 +16,7 @@ KAFKA_CONTROLLER_PORT="${KAFKA_CONTROLLER_PORT:-9093}"
 FLINK_REST_PORT="${FLINK_REST_PORT:-8081}"
 FLINK_RPC_PORT="${FLINK_RPC_PORT:-6123}"
 JOB_SERVER_PORT="${JOB_SERVER_PORT:-8099}"
+SDK_WORKER_POOL_PORT="${SDK_WORKER_POOL_PORT:-50000}"   # Python SDK worker pool (EXTERNAL environment)
 
 log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }

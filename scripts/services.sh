@@ -5,8 +5,10 @@
 #          Beam's Flink job server in front of it (job API 8099, artifacts 8098, expansion 8097), and
 #          the expansion service the streaming pipeline uses for the Java KafkaIO (8096: the legacy,
 #          non-SDF read, run EMBEDDED in the TaskManager; see pipelines/streaming.py)
-# Usage: scripts/services.sh {start|stop|status|restart} [kafka|flink|all]   (default: all)
-# State and logs live under .run/ (FLEET_RUN_DIR): .run/logs/{kafka,flink}/, .run/kafka/data/.
+#   workers  Python SDK worker pool (pipelines/worker_pool.py, the venv's python) for jobs run with
+#          --environment_type=EXTERNAL --environment_config=127.0.0.1:$SDK_WORKER_POOL_PORT (50000)
+# Usage: scripts/services.sh {start|stop|status|restart} [kafka|flink|workers|all]   (default: all)
+# State and logs live under .run/ (FLEET_RUN_DIR): .run/logs/{kafka,flink,workers}/, .run/kafka/data/.
 # start is idempotent (a healthy service is left alone); stop leaves no process behind.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
@@ -214,14 +216,71 @@ flink_status() {
   if flink_has_taskmanager; then echo "flink: running (REST 127.0.0.1:$FLINK_REST_PORT) $(flink_rest /overview)"; else echo "flink: stopped"; fi
 }
 
+WORKERS_DIR="$RUN_DIR/workers"
+WORKERS_PID="$WORKERS_DIR/pool.pid"
+WORKERS_LOG="$LOG_DIR/workers/pool.log"
+
+workers_healthy() { pid_alive "$WORKERS_PID" && port_open "$SDK_WORKER_POOL_PORT"; }
+# The pool runs in its own session (id = the pool's pid), which holds it and its workers: the live
+# members, matched by command too so that a stale pid file never names another program's processes
+# (zombies are dead already: they wait for their parent, or for init, to reap them).
+workers_group() {
+  [[ -f $WORKERS_PID ]] || return 0
+  ps -o pid=,stat=,args= --sid "$(cat "$WORKERS_PID")" 2>/dev/null \
+    | awk '$2 !~ /^Z/ && /pipelines[.]worker_pool|sdk_worker_main/ {print $1}' || true
+}
+
+workers_start() {
+  if workers_healthy; then log "sdk worker pool already running on 127.0.0.1:$SDK_WORKER_POOL_PORT"; return; fi
+  [[ -x $PYTHON ]] || die "venv missing: run scripts/setup.sh"
+  port_open "$SDK_WORKER_POOL_PORT" && die "port $SDK_WORKER_POOL_PORT is taken by another process (set SDK_WORKER_POOL_PORT)"
+  workers_stop_group   # leftovers of a pool that died
+  mkdir -p "$WORKERS_DIR" "$LOG_DIR/workers"
+  local t0=$SECONDS
+  # cwd = the project, so that its modules import the same way as in the submitting process
+  (cd "$PROJECT_ROOT" && exec nohup setsid "$PYTHON" -m pipelines.worker_pool --host=127.0.0.1 \
+    --service_port="$SDK_WORKER_POOL_PORT" >>"$WORKERS_LOG" 2>&1 </dev/null) &
+  echo $! > "$WORKERS_PID"
+  wait_for 60 "sdk worker pool" workers_healthy \
+    || { tail -20 "$WORKERS_LOG" >&2; workers_stop_group; die "sdk worker pool did not start; see $WORKERS_LOG"; }
+  log "sdk worker pool up on 127.0.0.1:$SDK_WORKER_POOL_PORT (start-up $((SECONDS - t0)) s, log $WORKERS_LOG)"
+}
+
+# SIGTERM the pool (it stops its workers, 10 s grace each), wait up to 30 s, then SIGKILL the group.
+workers_stop_group() {
+  [[ -f $WORKERS_PID ]] || return 0
+  local pgid; pgid=$(cat "$WORKERS_PID")
+  [[ -n $(workers_group) ]] && kill -TERM "$pgid" 2>/dev/null || true
+  for _ in $(seq 60); do [[ -z $(workers_group) ]] && break; sleep 0.5; done
+  if [[ -n $(workers_group) ]]; then log "sdk worker pool did not stop in 30 s; killing"; kill -KILL -- "-$pgid" 2>/dev/null || true; fi
+  for _ in $(seq 20); do [[ -z $(workers_group) ]] && break; sleep 0.5; done
+  rm -f "$WORKERS_PID"
+}
+
+workers_stop() {
+  [[ -f $WORKERS_PID ]] || { log "sdk worker pool not running"; return 0; }
+  workers_stop_group
+  log "sdk worker pool stopped"
+}
+
+workers_status() {
+  if workers_healthy; then
+    echo "workers: running (pid $(cat "$WORKERS_PID"), 127.0.0.1:$SDK_WORKER_POOL_PORT, $(pgrep -P "$(cat "$WORKERS_PID")" | wc -l) SDK worker processes)"
+  else echo "workers: stopped"; fi
+}
+
 main() {
   local action=${1:-status} target=${2:-all} services
-  case $target in all) services="kafka flink";; kafka|flink) services=$target;; *) die "unknown service '$target' (kafka|flink|all)";; esac
+  case $target in
+    all) services="kafka flink workers";;
+    kafka|flink|workers) services=$target;;
+    *) die "unknown service '$target' (kafka|flink|workers|all)";;
+  esac
   case $action in
     start|status) for s in $services; do "${s}_$action"; done ;;
     stop) for s in $(echo "$services" | tr ' ' '\n' | tac); do "${s}_stop"; done ;;
     restart) main stop "$target"; main start "$target" ;;
-    *) sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+    *) sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
   esac
 }
 main "$@"

@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 import yaml
 
-from transforms.acute_rules import (DEFAULT_CONFIG, DeviceInfo, DeviceState, Readings, RuleConfig, alert_id,
-                                    evaluate_device)
+from transforms.acute_rules import DEFAULT_CONFIG, Batch, DeviceStates, RuleConfig, alert_id, evaluate
 
 T0 = int(dt.datetime(2026, 11, 20, tzinfo=dt.timezone.utc).timestamp() * 1_000_000)
 S = 1_000_000
@@ -21,18 +20,19 @@ class Device:
     """Feeds readings one message at a time, as they would arrive, and collects alerts."""
 
     def __init__(self, model: str | None = "CX-200", rated: float | None = 20.0, config: RuleConfig = CONFIG):
-        self.state = DeviceState()
-        self.info = DeviceInfo("dev-1", model, rated)
-        self.th = config.for_model(model)
+        self.state = DeviceStates.empty(["dev-1"])
+        self.model, self.rated, self.config = model, rated, config
         self.alerts: list[dict] = []
         self.counts: Counter = Counter()
 
     def send(self, *readings: tuple[str, str, float, float]) -> "Device":
         """readings: (event_id, sensor, seconds after T0, canonical value), in one batch."""
         ids, sensors, t, v = zip(*readings)
-        alerts, counts = evaluate_device(self.state, self.info, self.th, Readings(
-            np.array(ids, object), np.array(sensors, object), T0 + (np.array(t) * S).astype(np.int64),
-            np.array(v, float)), NOW)
+        n = len(ids)
+        batch = Batch(np.array(["dev-1"] * n, object), np.array(ids, object), np.array(sensors, object),
+                      T0 + (np.array(t) * S).astype(np.int64), np.array(v, float), np.array([self.model] * n, object),
+                      np.full(n, np.nan if self.rated is None else self.rated))
+        self.state, alerts, counts = evaluate(self.state, batch, self.config, NOW)
         self.alerts += alerts
         self.counts += counts
         return self

@@ -122,3 +122,66 @@ def test_per_model_override_from_the_registry(lake):
 def test_units_are_converted_before_the_rules(lake):
     psi = [(0, 400 / 6.894757293168), (10, 250 / 6.894757293168)]        # 400 -> 250 kPa, sent in psi
     run(lake, [[r] for r in series("a", SUC, psi, unit="psi")], [("a", "PRESSURE_DROP", "a-suc-1")])
+
+
+# --- idle devices, missing registry --------------------------------------------------------
+
+def run_timed(lake: str, steps: list[tuple[float, list[pa.Table]]], expected, **kwargs):
+    """Like run, with each step's element time (seconds) given: the watermark follows it."""
+    stream = TestStream()
+    for at, step in steps:
+        if step:
+            stream.add_elements([beam.window.TimestampedValue(t, Timestamp.of(at)) for t in step])
+        stream.advance_watermark_to(Timestamp.of(at))
+    options = PipelineOptions()
+    options.view_as(StandardOptions).streaming = True
+    with beam.Pipeline(options=options) as p:
+        alerts = p | stream.advance_watermark_to_infinity() | AcuteRules(lake, shards=2, **kwargs)
+        assert_that(alerts | beam.Map(lambda a: (a["device_id"], a["rule"], a["event_id"])), equal_to(expected))
+
+
+@pytest.mark.parametrize("horizon_s, expected", [(1e9, [("a", "VIBRATION_SURGE", "a-vib-61")]), (3600, [])])
+def test_a_device_silent_past_its_horizon_is_evicted_and_starts_afresh(lake, horizon_s, expected):
+    """An hour of baseline, then 3 h of silence, then a surge: with the state kept the surge alerts;
+    evicted after a 1 h horizon the device starts afresh and needs its hour of warm-up again."""
+    baseline = series("a", VIB, [(60.0 * m, 2.0) for m in range(61)])
+    surge = reading("a", "a-vib-61", VIB, 4 * 3600, 9.0)
+    steps = [(60.0 * m, [r]) for m, r in enumerate(baseline)]
+    steps += [(4 * 3600.0 - 60, []), (4 * 3600.0, [surge])]      # the watermark moves on in the silence
+    run_timed(lake, steps, expected, idle_horizon_s=horizon_s, eviction_period_s=600)
+
+
+def epoch_reading(device: str, event_id: str, sensor: str, seconds: float, value: float) -> pa.Table:
+    """A reading with an epoch-ms `ts`: usable without the registry's time zone."""
+    ms = int((T0 + dt.timedelta(seconds=seconds)).timestamp() * 1000)
+    body = {"event_id": event_id, "device_id": device, "sensor_type": sensor, "value": value, "ts": ms}
+    return decode_messages([KafkaMessage("sensor.readings", 0, 0, ms, None, orjson.dumps(body))]).readings
+
+
+def test_without_a_registry_unknown_devices_flow_with_fleet_defaults(tmp_path):
+    """No registry table: nothing crashes; fleet-default rules apply, CURRENT_SPIKE (needs the rated
+    current) skips them, and the readings are counted as of unknown devices."""
+    lake = str(tmp_path / "lake")
+    steps = [[epoch_reading("u", f"u-suc-{k}", SUC, 10.0 * k, v)] for k, v in enumerate([400, 300, 260])]
+    steps += [[epoch_reading("u", f"u-com-{k}", CUR, 10.0 * k, 99.0)] for k in range(3)]
+    run(lake, steps, [("u", "PRESSURE_DROP", "u-suc-2")])
+    p = beam.Pipeline()
+    _ = p | beam.Create([t for s in steps for t in s]) | AcuteRules(lake, shards=2)
+    result = p.run()
+    result.wait_until_finish()
+    counters = {r.key.metric.name: r.committed for r in result.metrics().query()["counters"]}
+    assert counters["readings_unknown_device"] == 6
+
+
+def test_the_registry_is_picked_up_once_it_appears(tmp_path):
+    """RegistryCache and Enrich: an empty lake is an empty registry; after the TTL the new table is read."""
+    from transforms.acute import _EnrichFn
+    lake = str(tmp_path / "lake")
+    fn = _EnrichFn(lake, shards=2, registry_ttl_s=0.0)
+    fn.setup()
+    rows = epoch_reading("a", "a-1", CUR, 0, 25.0)
+    [(_, before)] = list(fn.process(rows))
+    assert before["model"].to_pylist() == [None] and before["rated_current_a"].to_pylist() == [None]
+    registry(lake, {"a": "CX-200"})
+    [(_, after)] = list(fn.process(rows))
+    assert after["model"].to_pylist() == ["CX-200"] and after["rated_current_a"].to_pylist() == [20.0]

@@ -311,3 +311,24 @@ def test_incidents_matched_to_their_expected_rule():
     assert m.incidents.height == 2 and m.alerted == 1
     assert m.incidents.filter(pl.col("device_id") == "d1")["delay_s"].to_list() == [30.0]
     assert sorted(m.unmatched_alerts["alert_id"].to_list()) == ["unrelated", "wrong_rule"]
+
+
+def test_late_alert_or_missed_incident_fails_the_run():
+    alerts = pl.DataFrame({
+        "alert_id": ["a1", "a2"], "device_id": ["d1", "d2"], "rule": ["CURRENT_SPIKE", "PRESSURE_DROP"],
+        "severity": ["CRITICAL"] * 2, "event_time": [_t(0), _t(10)], "detected_at": [_t(5), _t(10 + 121)],
+        "event_id": ["e1", "e2"]})
+    landing = pl.DataFrame({"device_id": ["d1", "d2"], "event_id": ["e1", "e2"], "timestamp_ingested": [_t(1), _t(10)]})
+    truth = [{"kind": "failure", "device_id": d, "mode": r.lower(), "expected_rule": r, "category": "acute",
+              "start": _t(0).isoformat(), "end": _t(60).isoformat(), "start_s": _t(0).timestamp(),
+              "end_s": _t(60).timestamp(), "source": "stream"}
+             for d, r in (("d1", "CURRENT_SPIKE"), ("d2", "PRESSURE_DROP"), ("d3", "COOLING_LOSS"))]
+    checks = {c.name: c for c in report.latency_checks(report.acute_latency(alerts, landing),
+                                                       report.match_incidents(alerts, truth))}
+    assert checks["acute alerts later than 120 s after arrival"].status == "FAIL"
+    assert checks["acute alerts later than 120 s after arrival"].actual == 1
+    assert checks["stream acute incidents with their rule's alert"].status == "FAIL"
+    assert (checks["stream acute incidents with their rule's alert"].expected,
+            checks["stream acute incidents with their rule's alert"].actual) == (3, 2)
+    assert checks["acute alerts joined to the landing row of their triggering reading"].status == "OK"
+    assert report.failed(list(checks.values()))

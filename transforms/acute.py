@@ -3,8 +3,16 @@
     landing rows (Arrow) --Enrich--> (shard, Arrow batch) --stateful rules per shard--> alert dicts
 
 Enrich is vectorised: registry join (model, rated current, timezone), `ts` to UTC, values to
-canonical units, range check. Readings are keyed by a hash shard of their device so that a
-stateful DoFn holds the state of many devices and works on a batch at a time.
+canonical units, range check. Devices the registry does not know (yet) flow on with fleet-default
+thresholds and no rated current (so CURRENT_SPIKE skips them); they are counted. The registry is
+re-read within its TTL, so a registry that appears later is picked up without a restart.
+
+Evaluation is keyed by a hash shard of the device: one element per (shard, batch), so the per-element
+cost of Beam is paid per batch, not per device. The engine (transforms.acute_rules, no Beam) works on
+all devices of the batch at once; their state lives in a log-structured store over three state cells
+of the shard key (transforms.acute_state): a batch reads and appends only the devices it touched, in a
+versioned binary page format. An event-time timer per shard compacts the store and evicts devices
+silent past their horizon (24 h window + lateness by default).
 """
 from __future__ import annotations
 
@@ -12,24 +20,29 @@ import datetime as dt
 import logging
 import typing
 import zlib
-from collections import Counter
 
 import apache_beam as beam
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from apache_beam.coders import PickleCoder
+from apache_beam.coders import Coder, VarIntCoder
 from apache_beam.metrics import Metrics
-from apache_beam.transforms.userstate import ReadModifyWriteStateSpec
+from apache_beam.transforms.timeutil import TimeDomain
+from apache_beam.transforms.userstate import BagStateSpec, ReadModifyWriteStateSpec, TimerSpec, on_timer
+from apache_beam.transforms.window import GlobalWindow
+from apache_beam.utils.timestamp import Timestamp
 
 from schemas.sensors import SENSORS
+from transforms import acute_state
 from transforms.arrow import to_numpy
-from transforms.acute_rules import RULES, DeviceInfo, DeviceState, Readings, RuleConfig, evaluate_device
+from transforms.acute_rules import RULE_NAMES, Batch, DeviceStates, RuleConfig, evaluate
 from transforms.registry import RegistryCache
 from transforms.timestamps import parse_ts
 
 log = logging.getLogger(__name__)
 DEFAULT_SHARDS = 16
+RULES = RULE_NAMES
+EVICTION_PERIOD_S = 3600.0
 
 
 def shard_of(device_ids: list[str], shards: int) -> np.ndarray:
@@ -59,6 +72,12 @@ def in_range(sensor: pa.Array, value: np.ndarray) -> np.ndarray:
     return ok
 
 
+def _shards(device: pa.ChunkedArray | pa.Array, shards: int) -> np.ndarray:
+    """shard_of per reading, hashing each distinct device once."""
+    enc = (device.combine_chunks() if isinstance(device, pa.ChunkedArray) else device).dictionary_encode()
+    return shard_of(enc.dictionary.to_pylist(), shards)[enc.indices.to_numpy()]
+
+
 class _EnrichFn(beam.DoFn):
     def __init__(self, lake_root: str, shards: int, registry_ttl_s: float):
         self._lake, self._shards, self._ttl = lake_root, shards, registry_ttl_s
@@ -72,12 +91,12 @@ class _EnrichFn(beam.DoFn):
     def process(self, readings: pa.Table):
         if readings.num_rows == 0:
             return
-        registry, index = self._registry.get()
-        device_ids = readings["device_id"].to_pylist()
-        pos = np.array([index.get(d, -1) for d in device_ids], np.int64)
-        known = pos >= 0
-        take = pa.array(np.where(known, pos, 0))
-        zones = pc.if_else(pa.array(known), registry["timezone"].take(take), pa.nulls(len(pos), pa.string()))
+        registry = self._registry.get()
+        device = readings["device_id"]
+        # unknown devices (also: no registry yet) get a null index, and a null index takes nulls
+        take = pc.index_in(device, value_set=registry["device_id"].combine_chunks())
+        known = np.asarray(take.is_valid())
+        zones = registry["timezone"].take(take)
         t = parse_ts(readings["ts"], zones)
         value = canonical_values(readings["sensor_type"], readings["unit"], readings["value"])
         ok_range = in_range(readings["sensor_type"], value)
@@ -92,25 +111,74 @@ class _EnrichFn(beam.DoFn):
             "device_id": readings["device_id"], "event_id": readings["event_id"],
             "sensor_type": readings["sensor_type"], "t_us": t.cast(pa.int64()).fill_null(0),
             "value": value,
-            "model": pc.if_else(pa.array(known), registry["model"].take(take), pa.nulls(len(pos), pa.string())),
-            "rated_current_a": pc.if_else(pa.array(known), registry["rated_current_a"].take(take),
-                                          pa.nulls(len(pos), pa.float64())),
-            "shard": shard_of(device_ids, self._shards),
+            "model": registry["model"].take(take),
+            "rated_current_a": registry["rated_current_a"].take(take).cast(pa.float64()),
+            "shard": _shards(device, self._shards),
         }).filter(pa.array(usable))
         for shard in np.unique(table["shard"].to_numpy()):
             yield int(shard), table.filter(pc.equal(table["shard"], int(shard)))
 
 
-class _RulesFn(beam.DoFn):
-    """Per shard: the state of its devices, updated batch by batch (arrival order kept)."""
-    DEVICES = ReadModifyWriteStateSpec("devices", PickleCoder())
+class PageCoder(Coder):
+    """Acute state pages (DeviceStates) in acute_state's versioned binary layout, not pickle."""
 
-    def __init__(self, config_path: str | None):
-        self._config_path = config_path
+    def encode(self, value: DeviceStates) -> bytes:
+        return acute_state.encode(value)
+
+    def decode(self, encoded: bytes) -> DeviceStates:
+        return acute_state.decode(encoded)
+
+    def is_deterministic(self) -> bool:
+        return False
+
+    def to_type_hint(self):
+        return typing.Any
+
+
+class _BeamCells:
+    """acute_state.Cells over the state cells of one shard key."""
+
+    def __init__(self, log_bag, level1, level2):
+        self._log, self._levels = log_bag, {1: level1, 2: level2}
+
+    def log(self):
+        return list(self._log.read())
+
+    def append(self, page):
+        self._log.add(page)
+
+    def clear_log(self):
+        self._log.clear()
+
+    def level(self, i):
+        return self._levels[i].read()
+
+    def set_level(self, i, page):
+        if page is None:
+            self._levels[i].clear()
+        else:
+            self._levels[i].write(page)
+
+
+class _RulesFn(beam.DoFn):
+    """Per shard: the store of its devices' states, updated batch by batch (arrival order kept)."""
+    LOG = BagStateSpec("log", PageCoder())
+    LEVEL1 = ReadModifyWriteStateSpec("level1", PageCoder())
+    LEVEL2 = ReadModifyWriteStateSpec("level2", PageCoder())
+    EVICT_AT = ReadModifyWriteStateSpec("evict_at", VarIntCoder())
+    EVICT = TimerSpec("evict", TimeDomain.WATERMARK)
+
+    def __init__(self, config_path: str | None, idle_horizon_s: float | None = None,
+                 eviction_period_s: float = EVICTION_PERIOD_S):
+        self._config_path, self._horizon_s, self._period_s = config_path, idle_horizon_s, eviction_period_s
         self._counters = {}
 
     def setup(self):
         self._config = RuleConfig.load(self._config_path)
+        th = self._config.for_model(None)
+        default = th.vibration_window_buckets * th.vibration_bucket_us + th.lateness_us
+        self._horizon_us = int(self._horizon_s * 1e6) if self._horizon_s is not None else default
+        self._period_us = int(self._period_s * 1e6)
 
     def _count(self, name: str, n: int) -> None:
         if n:
@@ -118,47 +186,64 @@ class _RulesFn(beam.DoFn):
                 self._counters[name] = Metrics.counter("acute", name)
             self._counters[name].inc(n)
 
-    def process(self, element, devices=beam.DoFn.StateParam(DEVICES)):
-        _, batch = element
-        states: dict[str, DeviceState] = devices.read() or {}
-        now = dt.datetime.now(dt.timezone.utc)
-        totals: Counter = Counter()
-        ids = to_numpy(batch["device_id"])
-        order = np.argsort(ids, kind="stable")           # group by device, keep arrival order inside
-        ids = ids[order]
-        event_id = to_numpy(batch["event_id"])[order]
-        sensor = to_numpy(batch["sensor_type"])[order]
-        t = to_numpy(batch["t_us"])[order]
-        value = to_numpy(batch["value"])[order]
-        model = to_numpy(batch["model"])[order]
-        rated = to_numpy(batch["rated_current_a"])[order]
-        bounds = np.flatnonzero(np.concatenate([[True], ids[1:] != ids[:-1], [True]]))
-        for a, b in zip(bounds[:-1], bounds[1:]):
-            device = ids[a]
-            info = DeviceInfo(device, model[a], None if rated[a] is None or np.isnan(rated[a]) else float(rated[a]))
-            state = states.setdefault(device, DeviceState())
-            alerts, counts = evaluate_device(state, info, self._config.for_model(info.model),
-                                             Readings(event_id[a:b], sensor[a:b], t[a:b], value[a:b]), now)
-            totals.update(counts)
-            yield from alerts
-        devices.write(states)
-        for name, n in totals.items():
-            self._count(name if name.startswith("alerts_") else f"readings_{name}", n)
+    def process(self, element, ts=beam.DoFn.TimestampParam, log_bag=beam.DoFn.StateParam(LOG),
+                level1=beam.DoFn.StateParam(LEVEL1), level2=beam.DoFn.StateParam(LEVEL2),
+                evict_at=beam.DoFn.StateParam(EVICT_AT), timer=beam.DoFn.TimerParam(EVICT)):
+        _, table = element
+        arrived = int(ts.micros)
+        n = table.num_rows
+        batch = Batch(to_numpy(table["device_id"]).astype(object), to_numpy(table["event_id"]).astype(object),
+                      to_numpy(table["sensor_type"]).astype(object), to_numpy(table["t_us"]).astype(np.int64),
+                      to_numpy(table["value"]).astype(np.float64), to_numpy(table["model"]).astype(object),
+                      np.asarray(to_numpy(table["rated_current_a"]), np.float64), np.full(n, arrived, np.int64))
+        store = acute_state.Store(_BeamCells(log_bag, level1, level2))
+        ids, index = batch.devices()
+        new, alerts, counts = evaluate(store.lookup(ids), batch, self._config,
+                                       dt.datetime.now(dt.timezone.utc), index)
+        store.write(new)
+        self._count("state_devices_written", len(new))
+        if evict_at.read() is None:
+            when = arrived + self._period_us
+            timer.set(Timestamp(micros=when))
+            evict_at.write(when)
+        for name, k in counts.items():
+            self._count(name if name.startswith("alerts_") else f"readings_{name}", k)
+        yield from alerts
+
+    @on_timer(EVICT)
+    def evict(self, fired=beam.DoFn.TimestampParam, log_bag=beam.DoFn.StateParam(LOG),
+              level1=beam.DoFn.StateParam(LEVEL1), level2=beam.DoFn.StateParam(LEVEL2),
+              evict_at=beam.DoFn.StateParam(EVICT_AT), timer=beam.DoFn.TimerParam(EVICT)):
+        """Compacts the shard's store, dropping devices silent past the horizon; re-arms while
+        devices remain, no earlier than the next one could expire."""
+        store = acute_state.Store(_BeamCells(log_bag, level1, level2))
+        now = int(fired.micros)
+        kept, evicted = store.compact(now, self._horizon_us)
+        self._count("state_devices_evicted", evicted)
+        evict_at.clear()
+        if kept:
+            oldest = int(level2.read().seen_at.min())
+            when = max(now + self._period_us, oldest + self._horizon_us + 1)
+            if when < GlobalWindow().max_timestamp().micros:
+                timer.set(Timestamp(micros=when))
+                evict_at.write(when)
 
 
 class AcuteRules(beam.PTransform):
     """PCollection of decoded landing rows (Arrow) -> PCollection of CRITICAL alert dicts."""
 
     def __init__(self, lake_root: str, shards: int = DEFAULT_SHARDS, config_path: str | None = None,
-                 registry_ttl_s: float = 300.0):
+                 registry_ttl_s: float = 300.0, idle_horizon_s: float | None = None,
+                 eviction_period_s: float = EVICTION_PERIOD_S):
         super().__init__()
         self._lake, self._shards, self._config, self._ttl = lake_root, shards, config_path, registry_ttl_s
+        self._horizon, self._period = idle_horizon_s, eviction_period_s
 
     def expand(self, readings):
         return (readings
                 | "Enrich" >> beam.ParDo(_EnrichFn(self._lake, self._shards, self._ttl)).with_output_types(
                     typing.Tuple[int, typing.Any])    # an int key: a deterministic coder for the state
-                | "EvaluatePerShard" >> beam.ParDo(_RulesFn(self._config)))
+                | "EvaluatePerShard" >> beam.ParDo(_RulesFn(self._config, self._horizon, self._period)))
 
 
-__all__ = ["AcuteRules", "RULES", "canonical_values", "in_range", "shard_of"]
+__all__ = ["AcuteRules", "PageCoder", "RULES", "canonical_values", "in_range", "shard_of"]

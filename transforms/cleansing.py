@@ -41,8 +41,10 @@ Vectorised logic (polars/pyarrow over whole Arrow tables) plus the composite PTr
 
 Scale (a 5-minute landing transaction of ~70M rows at the seed's fleet size): landing files are
 read as row-group-sized Arrow tables and split per table (no per-row Python anywhere); only the
-candidates cross a shuffle, as one Arrow table per (input batch, device shard), so ``shards``
-should be a few times the worker count and bounds the memory of one shard to new rows / shards;
+candidates cross a shuffle, as Arrow tables per (input chunk, device shard) of at most
+``CleanseConfig.chunk`` rows and bytes (:mod:`transforms.arrow`: Flink fails on records above its
+sort buffer), so ``shards`` should be a few times the worker count and bounds the memory of one
+shard to new rows / shards (the shard's chunks are grouped, and concatenated only in its DoFn);
 the clean-side read covers the hours the new rows fall into (plus the hour before), which for a
 5-minute transaction is the previous few runs' files, not the 7-day lookback.
 """
@@ -57,12 +59,13 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
-from apache_beam.io.parquetio import ReadAllFromParquetBatched
 from apache_beam.metrics import Metrics
 
 from schemas import contracts
 from schemas.sensors import SENSORS
 from transforms import delta, lake
+from transforms.arrow import DEFAULT_BOUND, ChunkBound, ChunkTables, ElementSizes, ReadParquetChunks, SideTable
+from transforms.arrow import chunks, to_numpy
 from transforms.timestamps import parse_ts
 
 log = logging.getLogger(__name__)
@@ -101,6 +104,7 @@ class CleanseConfig:
     future_tolerance_s: float = 300
     stuck_run_length: int = 10
     shards: int = 8
+    chunk: ChunkBound = DEFAULT_BOUND        # most rows/bytes of one table element crossing a shuffle
 
 
 # --- pure functions -------------------------------------------------------------------------------
@@ -226,21 +230,18 @@ def shard_of(frame: pl.DataFrame, shards: int) -> pl.Series:
     return (frame["device_id"].hash(seed=20261) % shards).cast(pl.Int64)
 
 
-def split_by_shard(frame: pl.DataFrame, shards: int):
+def split_by_shard(frame: pl.DataFrame, shards: int, bound: ChunkBound = DEFAULT_BOUND):
+    """(shard, Arrow table) pairs of the frame's rows, each table within ``bound`` (a shard's rows
+    may span many tables: consumers group by shard and see them all)."""
     if frame.height == 0:
         return
     for (shard,), part in frame.with_columns(shard_of(frame, shards).alias("_shard")).partition_by(
             "_shard", as_dict=True).items():
-        yield int(shard), part.drop("_shard").to_arrow()
+        for table in chunks(part.drop("_shard").to_arrow(), bound):
+            yield int(shard), table
 
 
 # --- which clean files can hold duplicates or stuck-run context ------------------------------
-
-def to_numpy(array: pa.Array | pa.ChunkedArray) -> np.ndarray:
-    if isinstance(array, pa.ChunkedArray):
-        array = array.combine_chunks() if array.num_chunks != 1 else array.chunk(0)
-    return array.to_numpy(zero_copy_only=False)
-
 
 def hour_buckets(timestamps: pa.Array | pa.ChunkedArray) -> set[int]:
     us = to_numpy(pc.cast(timestamps, pa.int64()))
@@ -330,14 +331,16 @@ class _Prepare(beam.DoFn):
         self._run_at = plan.run_at
         self._config = config
         self._versions = {f.uri: f.version for f in plan.landing_files}
+        self._registry = SideTable(_concat_registry)
         self._rows_in = _counter("rows_in")
         self._already = _counter("already_committed")
         self._quarantined = {r: _counter(f"quarantined_{r}") for r in QUARANTINE_REASONS}
 
-    def process(self, element, registry):
+    def process(self, element, registry_chunks):
         uri, table = element
         version = self._versions[uri]
         self._rows_in.inc(table.num_rows)
+        registry = self._registry.get(registry_chunks)
         candidates, quarantine = prepare(table, version, registry, self._config, self._run_at)
         if version > self._after[CLEAN]:
             yield candidates.to_arrow()
@@ -403,12 +406,28 @@ class _ContextToShards(beam.DoFn):
         self._config = config
         self._rows = Metrics.counter(APP, "context_rows")
 
+    def setup(self):
+        self._sizes = ElementSizes("cleanse_context")
+
     def process(self, table: pa.Table, footprint):
         start = lookback_start_us(footprint, self._config.lookback_s)
         frame = pl.from_arrow(table.select(CONTEXT_COLUMNS))
         frame = frame.filter(pl.col("timestamp_utc").dt.epoch("us") >= start)
         self._rows.inc(frame.height)
-        yield from split_by_shard(frame, self._config.shards)
+        for shard, part in split_by_shard(frame, self._config.shards, self._config.chunk):
+            yield shard, self._sizes.observe(part)
+
+
+class _NewToShards(beam.DoFn):
+    def __init__(self, config: CleanseConfig):
+        self._config = config
+
+    def setup(self):
+        self._sizes = ElementSizes("cleanse_new")
+
+    def process(self, table: pa.Table):
+        for shard, part in split_by_shard(pl.from_arrow(table), self._config.shards, self._config.chunk):
+            yield shard, self._sizes.observe(part)
 
 
 class _CleanseShard(beam.DoFn):
@@ -443,16 +462,18 @@ def _concat_registry(tables: list[pa.Table]) -> pl.DataFrame:
 
 
 class ReadLanding(beam.PTransform):
-    """The given landing files as (uri, Arrow table) pairs, by Beam's batched Parquet I/O."""
+    """The given landing files as (uri, Arrow table) pairs, tables within ``bound``."""
 
-    def __init__(self, files: tuple[LandingFile, ...]):
+    def __init__(self, files: tuple[LandingFile, ...], bound: ChunkBound = DEFAULT_BOUND):
         super().__init__()
         self._uris = sorted(f.uri for f in files)
+        self._bound = bound
 
     def expand(self, pbegin):
         return (pbegin
                 | "Files" >> beam.Create(self._uris)
-                | "Read" >> ReadAllFromParquetBatched(columns=LANDING_COLUMNS, with_filename=True))
+                | "Read" >> ReadParquetChunks(columns=LANDING_COLUMNS, with_filename=True, bound=self._bound,
+                                              site="cleanse_landing"))
 
 
 class Cleanse(beam.PTransform):
@@ -464,26 +485,28 @@ class Cleanse(beam.PTransform):
 
     def expand(self, pbegin):
         plan, config = self._plan, self._config
-        registry = (pbegin
-                    | "ReadRegistry" >> delta.ReadDeltaFiles(DEVICES, list(plan.devices_files))
-                    | "RegistryList" >> beam.combiners.ToList()
-                    | "Registry" >> beam.Map(_concat_registry))
+        # the registry (100K devices: ~10 MB) reaches every worker as bounded chunks, not one table
+        registry = pbegin | "ReadRegistry" >> delta.ReadDeltaFiles(DEVICES, list(plan.devices_files),
+                                                                   bound=config.chunk)
         prepared = (pbegin
-                    | "ReadLanding" >> ReadLanding(plan.landing_files)
-                    | "Prepare" >> beam.ParDo(_Prepare(plan, config), registry=beam.pvalue.AsSingleton(registry))
+                    | "ReadLanding" >> ReadLanding(plan.landing_files, config.chunk)
+                    | "Prepare" >> beam.ParDo(_Prepare(plan, config), registry_chunks=beam.pvalue.AsList(registry))
                     .with_outputs(QUARANTINE, main="candidates"))
         candidates = prepared.candidates
         footprint = candidates | "Footprint" >> beam.CombineGlobally(_Footprint())
         context = (footprint
                    | "ContextFiles" >> beam.ParDo(_ContextFiles(plan.lake, plan.clean_version, config.lookback_s))
-                   | "SpreadFiles" >> beam.Reshuffle()
-                   | "ReadContext" >> ReadAllFromParquetBatched(columns=CONTEXT_COLUMNS)
+                   | "ReadContext" >> ReadParquetChunks(columns=CONTEXT_COLUMNS, bound=config.chunk,
+                                                        site="cleanse_context_read")
                    | "ContextShards" >> beam.ParDo(_ContextToShards(config),
                                                    footprint=beam.pvalue.AsSingleton(footprint)))
-        new = candidates | "NewShards" >> beam.FlatMap(lambda t, n: split_by_shard(pl.from_arrow(t), n), config.shards)
+        new = candidates | "NewShards" >> beam.ParDo(_NewToShards(config))
+        # a shard's rows arrive as many bounded chunks; _CleanseShard concatenates them, so dedup and
+        # stuck runs see the whole shard whatever the chunking
         clean = ({"new": new, "ctx": context}
                  | "ByShard" >> beam.CoGroupByKey()
-                 | "DedupAndFlag" >> beam.ParDo(_CleanseShard(config)))
+                 | "DedupAndFlag" >> beam.ParDo(_CleanseShard(config))
+                 | "CleanChunks" >> ChunkTables("cleanse_clean", config.chunk))
         return {CLEAN: clean, QUARANTINE: prepared[QUARANTINE]}
 
 
@@ -496,33 +519,50 @@ def consumed(lake_root: str, table: str) -> int:
     return int(span[1]) if span else -1
 
 
+ARCHIVE_APP = "archive"        # pipelines.archive: moves landing files past the hot window to the archive
+
+
 def landing_files(lake_root: str, after: int, upto: int) -> list[LandingFile]:
-    """Files added by landing versions (after, upto], each with its version. Landing is
-    append-only: a version that removes data fails the run; compaction (no data change) is skipped."""
-    table = lake.open_table(lake_root, LANDING)
-    operations = {h["version"]: h.get("operation") for h in table.history(table.version() - after)}
-    previous = {f.uri for f in delta.snapshot_files(lake_root, LANDING, after)} if after >= 0 else set()
+    """Files added by landing versions (after, upto], each with its version, from each version's own
+    commit file (cost: the new versions, not the table's age). Landing is append-only: a version that
+    removes data (dataChange=true) fails the run, except the archive's move of files consumed before
+    this range (their rows are in clean already); compaction (dataChange=false) is no new data."""
+    root = lake.table_uri(lake_root, LANDING)
     out: list[LandingFile] = []
     for version in range(after + 1, upto + 1):
-        current = {f.uri for f in delta.snapshot_files(lake_root, LANDING, version)}
-        removed = previous - current
-        if operations.get(version) == "OPTIMIZE":
-            pass
-        elif removed:
-            raise RuntimeError(f"landing version {version} ({operations.get(version)}) removed {len(removed)} "
-                               "files; landing must be append-only")
-        else:
-            out += [LandingFile(uri, version) for uri in sorted(current - previous)]
-        previous = current
+        changes = lake.version_changes(lake_root, LANDING, version) or _snapshot_changes(lake_root, version)
+        removed = {f"{root}/{r.path}" for r in changes.removes if r.data_change}
+        unconsumed = removed & {f.uri for f in out}
+        if removed and (changes.app != ARCHIVE_APP or unconsumed):
+            raise RuntimeError(f"landing version {version} ({changes.operation}, {changes.app}) removed "
+                               f"{len(removed)} files ({len(unconsumed)} not cleansed yet); landing must be "
+                               "append-only")
+        out += [LandingFile(f"{root}/{a.path}", version) for a in sorted(changes.adds, key=lambda a: a.path)
+                if a.data_change]
     return out
 
 
+def _snapshot_changes(lake_root: str, version: int) -> lake.VersionChanges:
+    """A version's changes from the snapshots around it, for a commit file that log cleanup removed
+    (whether a removal was compaction cannot be told then: it counts as a data change)."""
+    try:
+        before = {f.uri: f for f in delta.snapshot_files(lake_root, LANDING, version - 1)} if version else {}
+        now = {f.uri: f for f in delta.snapshot_files(lake_root, LANDING, version)}
+    except Exception as exc:  # noqa: BLE001 - delta-rs cannot time-travel into a cleaned log
+        raise lake.cleaned_up(LANDING, version, exc) from exc
+    root = lake.table_uri(lake_root, LANDING) + "/"
+    change = lambda f: lake.FileChange(f.uri.removeprefix(root), f.partition_values, True)  # noqa: E731
+    return lake.VersionChanges(version, None, tuple(change(now[u]) for u in sorted(now.keys() - before.keys())),
+                               tuple(change(before[u]) for u in sorted(before.keys() - now.keys())))
+
+
 def plan_run(lake_root: str, upto: int | None = None, max_versions: int | None = None) -> CleansePlan | None:
-    """The next run's plan, or None when there is no landing table yet."""
-    landing = lake.open_table(lake_root, LANDING)
-    if landing is None:
+    """The next run's plan, or None when there is no landing table yet. Reads the Delta log of the
+    landing versions not consumed yet and each output table's newest cleanse commit, no snapshot
+    but the registry's: the same cost at 100 landing versions as at 100,000."""
+    latest = lake.latest_version(lake_root, LANDING)
+    if latest is None:
         return None
-    latest = landing.version()
     inputs = {t: lake.last_inputs(lake_root, t, APP) or {} for t in (CLEAN, QUARANTINE)}
     after = {t: int(i[LANDING][1]) if i.get(LANDING) else -1 for t, i in inputs.items()}
     target = latest if upto is None else min(upto, latest)
@@ -533,11 +573,11 @@ def plan_run(lake_root: str, upto: int | None = None, max_versions: int | None =
     # repairing a table that lags behind the other: use the registry the other one was split with,
     # so a device (de)activated in between cannot drop a row from both tables or put it in both
     ahead = max(after, key=after.get)
-    devices_version = inputs[ahead].get(DEVICES) if after[CLEAN] != after[QUARANTINE] else None
-    devices = lake.open_table(lake_root, DEVICES, devices_version)
-    clean = lake.open_table(lake_root, CLEAN)
+    pinned = inputs[ahead].get(DEVICES) if after[CLEAN] != after[QUARANTINE] else None
+    devices_version = pinned if pinned is not None else lake.latest_version(lake_root, DEVICES)
     return CleansePlan(
         lake=lake_root, upto=target, after=after, landing_files=tuple(files),
-        devices_files=tuple(delta.snapshot_files(lake_root, DEVICES, devices.version())) if devices else (),
-        devices_version=devices.version() if devices else None,
-        clean_version=clean.version() if clean else None)
+        devices_files=tuple(delta.snapshot_files(lake_root, DEVICES, devices_version))
+        if devices_version is not None else (),
+        devices_version=devices_version,
+        clean_version=lake.latest_version(lake_root, CLEAN))

@@ -34,7 +34,10 @@ Scale: clean files are chosen by their ``timestamp_utc`` statistics, so a run re
 closing windows span (a day once a day for 1d windows). A late reading makes its whole window be
 recomputed for its device, and the files of that span are read for all devices and filtered: a
 late reading in a closed 1d window re-reads that day. Allowed lateness above the usual ingestion
-delay keeps this rare; clean files clustered by device shard would bound it to one shard.
+delay keeps this rare; clean files clustered by device shard would bound it to one shard. Every
+element crossing a shuffle is an Arrow table within ``FeaturesConfig.chunk`` (:mod:`transforms.arrow`):
+a shard's rows are grouped as many chunks and concatenated in its DoFn; the late windows reach
+their consumers as a side input of bounded chunks, deduplicated once per DoFn instance.
 """
 from __future__ import annotations
 
@@ -47,12 +50,13 @@ import apache_beam as beam
 import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
-from apache_beam.io.parquetio import ReadAllFromParquetBatched
 from apache_beam.metrics import Metrics
 
 from schemas import contracts
 from schemas.sensors import SENSOR_TYPES
 from transforms import delta, lake
+from transforms.arrow import DEFAULT_BOUND, ChunkBound, ChunkTables, ElementSizes, Gather, ReadParquetChunks
+from transforms.arrow import SideTable
 from transforms.cleansing import CLEAN, files_overlapping, split_by_shard
 
 log = logging.getLogger(__name__)
@@ -101,6 +105,7 @@ class FeaturesConfig:
     sizes: tuple[WindowSize, ...] = parse_window_sizes("15m,1h,1d")
     default_interval_s: float = 60.0
     shards: int = 8
+    chunk: ChunkBound = DEFAULT_BOUND        # most rows/bytes of one table element crossing a shuffle
 
 
 @dataclass(frozen=True)
@@ -303,6 +308,15 @@ def _concat_late(tables: list[pa.Table]) -> pa.Table:
     return pl.from_arrow(pa.concat_tables(tables)).unique().sort("window_size", "device_id", "window_start").to_arrow()
 
 
+def _late_frame(tables: list[pa.Table]) -> pl.DataFrame:
+    return pl.from_arrow(_concat_late(tables))
+
+
+def _late_side(late) -> beam.pvalue.AsList:
+    """The late windows as a side input: a list of bounded chunks (see :class:`SideTable`)."""
+    return beam.pvalue.AsList(late)
+
+
 class _LateWindows(beam.DoFn):
     def __init__(self, plan: FeaturesPlan, config: FeaturesConfig):
         self._plan, self._config = plan, config
@@ -310,16 +324,19 @@ class _LateWindows(beam.DoFn):
 
     def process(self, table: pa.Table):
         self._new_rows.inc(table.num_rows)
-        yield late_windows(pl.from_arrow(table), self._plan, self._config.sizes).to_arrow().cast(LATE_SCHEMA)
+        late = late_windows(pl.from_arrow(table), self._plan, self._config.sizes)
+        if late.height:
+            yield late.to_arrow().cast(LATE_SCHEMA)
 
 
 class _CleanFiles(beam.DoFn):
     def __init__(self, plan: FeaturesPlan, config: FeaturesConfig):
         self._plan, self._config = plan, config
+        self._late = SideTable(_late_frame)
         self._files = Metrics.counter(APP, "clean_files_read")
 
-    def process(self, late: pa.Table):
-        intervals = read_intervals(self._plan, self._config.sizes, pl.from_arrow(late))
+    def process(self, _, late_chunks):
+        intervals = read_intervals(self._plan, self._config.sizes, self._late.get(late_chunks))
         for uri in files_overlapping(self._plan.lake, CLEAN, self._plan.clean_upto, "timestamp_utc", intervals):
             self._files.inc()
             yield uri
@@ -330,32 +347,39 @@ class _SelectRows(beam.DoFn):
 
     def __init__(self, plan: FeaturesPlan, config: FeaturesConfig):
         self._plan, self._config = plan, config
+        self._late = SideTable(_late_frame)
         self._read = Metrics.counter(APP, "clean_rows_read")
         self._selected = Metrics.counter(APP, "clean_rows_selected")
 
-    def process(self, table: pa.Table, late: pa.Table):
+    def setup(self):
+        self._sizes = ElementSizes("features_rows")
+
+    def process(self, table: pa.Table, late_chunks):
         self._read.inc(table.num_rows)
         rows = pl.from_arrow(table.select(ROW_COLUMNS))
-        late_frame = pl.from_arrow(late)
+        late_frame = self._late.get(late_chunks)
         keep = pl.repeat(False, rows.height, eager=True)
         for size in self._config.sizes:
             keep = keep | window_mask(with_window(rows, size), size, self._plan, late_frame)
         rows = rows.filter(keep)
         self._selected.inc(rows.height)
-        yield from split_by_shard(rows, self._config.shards)
+        for shard, part in split_by_shard(rows, self._config.shards, self._config.chunk):
+            yield shard, self._sizes.observe(part)
 
 
 class _ComputeFeatures(beam.DoFn):
     def __init__(self, plan: FeaturesPlan, config: FeaturesConfig):
         self._plan, self._config = plan, config
+        self._late = SideTable(_late_frame)
         self._rows = Metrics.counter(APP, "feature_rows")
 
-    def process(self, element, late: pa.Table):
+    def process(self, element, late_chunks):
         _, tables = element
-        # a fixed row order makes the float sums, hence the features, identical on every runner
+        # all chunks of the shard, in a fixed row order: the float sums, hence the features, are
+        # identical on every runner and for every chunking
         rows = (pl.from_arrow(pa.concat_tables(list(tables))).rechunk()
                 .sort("device_id", "sensor_type", "timestamp_utc", "value"))
-        out = compute_features(rows, self._plan, self._config, pl.from_arrow(late))
+        out = compute_features(rows, self._plan, self._config, self._late.get(late_chunks))
         self._rows.inc(out.num_rows)
         yield out
 
@@ -363,9 +387,10 @@ class _ComputeFeatures(beam.DoFn):
 class _OldFiles(beam.DoFn):
     def __init__(self, plan: FeaturesPlan):
         self._plan = plan
+        self._late = SideTable(_late_frame)
 
-    def process(self, late: pa.Table):
-        filters = replaced_partitions(pl.from_arrow(late))
+    def process(self, _, late_chunks):
+        filters = replaced_partitions(self._late.get(late_chunks))
         if not filters or self._plan.features_version is None:
             return
         table = lake.open_table(self._plan.lake, FEATURES, self._plan.features_version)
@@ -376,17 +401,19 @@ class _OldFiles(beam.DoFn):
 
 class _CarryOver(beam.DoFn):
     def __init__(self):
+        self._late = SideTable(_late_frame)
         self._rows = Metrics.counter(APP, "carried_over_rows")
 
-    def process(self, element, late: pa.Table):
+    def process(self, element, late_chunks):
         uri, old = element
-        kept = carry_over(old, uri, pl.from_arrow(late))
+        kept = carry_over(old, uri, self._late.get(late_chunks))
         self._rows.inc(kept.num_rows)
         yield kept
 
 
 class ComputeFeatures(beam.PTransform):
-    """Clean data of a plan -> (feature tables to write, the late-window table as a singleton)."""
+    """Clean data of a plan -> (feature tables to write, the late windows as bounded Arrow chunks:
+    pass them on as a side input with ``beam.pvalue.AsList``)."""
 
     def __init__(self, plan: FeaturesPlan, config: FeaturesConfig):
         super().__init__()
@@ -395,37 +422,38 @@ class ComputeFeatures(beam.PTransform):
     def expand(self, pbegin):
         plan, config = self._plan, self._config
         late = (pbegin
-                | "ReadNew" >> delta.ReadDeltaFiles(CLEAN, list(plan.new_files), columns=["device_id", "timestamp_utc"])
+                | "ReadNew" >> delta.ReadDeltaFiles(CLEAN, list(plan.new_files), columns=["device_id", "timestamp_utc"],
+                                                    bound=config.chunk)
                 | "LateWindows" >> beam.ParDo(_LateWindows(plan, config))
-                | "LateList" >> beam.combiners.ToList()
-                | "Late" >> beam.Map(_concat_late))
-        late_si = beam.pvalue.AsSingleton(late)
-        features = (late
-                    | "CleanFiles" >> beam.ParDo(_CleanFiles(plan, config))
-                    | "SpreadFiles" >> beam.Reshuffle()
-                    | "ReadClean" >> ReadAllFromParquetBatched(columns=ROW_COLUMNS)
-                    | "SelectRows" >> beam.ParDo(_SelectRows(plan, config), late=late_si)
+                | "LateChunks" >> ChunkTables("features_late", config.chunk))
+        late_si = _late_side(late)
+        once = pbegin | "Once" >> beam.Create([None])
+        features = (once
+                    | "CleanFiles" >> beam.ParDo(_CleanFiles(plan, config), late_si)
+                    | "ReadClean" >> ReadParquetChunks(columns=ROW_COLUMNS, bound=config.chunk, site="features_clean")
+                    | "SelectRows" >> beam.ParDo(_SelectRows(plan, config), late_si)
                     | "ByShard" >> beam.GroupByKey()
-                    | "Features" >> beam.ParDo(_ComputeFeatures(plan, config), late=late_si))
-        carried = (late
-                   | "OldFiles" >> beam.ParDo(_OldFiles(plan))
-                   | "SpreadOld" >> beam.Reshuffle()
-                   | "ReadOld" >> ReadAllFromParquetBatched(with_filename=True)
-                   | "CarryOver" >> beam.ParDo(_CarryOver(), late=late_si))
-        return (features, carried) | "All" >> beam.Flatten(), late
+                    | "Features" >> beam.ParDo(_ComputeFeatures(plan, config), late_si))
+        carried = (once
+                   | "OldFiles" >> beam.ParDo(_OldFiles(plan), late_si)
+                   | "ReadOld" >> ReadParquetChunks(with_filename=True, bound=config.chunk, site="features_old")
+                   | "CarryOver" >> beam.ParDo(_CarryOver(), late_si))
+        out = (features, carried) | "All" >> beam.Flatten() | "OutChunks" >> ChunkTables("features_out", config.chunk)
+        return out, late
 
 
 class _Commit(beam.DoFn):
     def __init__(self, plan: FeaturesPlan, sizes):
         self._plan = plan
         self._meta = dict(app=APP, commit_id=plan.commit_id(sizes), inputs=plan.inputs(sizes))
+        self._late = SideTable(_late_frame)
         self._commits = Metrics.counter(APP, "commits")
 
-    def process(self, files: list, report, late: pa.Table):
+    def process(self, files: list, report, late_chunks):
         if report is not None and report.hard_breaks:
             from schemas.validation import ContractViolation
             raise ContractViolation(report)
-        filters = replaced_partitions(pl.from_arrow(late))
+        filters = replaced_partitions(self._late.get(late_chunks))
         version = lake.commit_files(self._plan.lake, FEATURES, sorted(files, key=lambda f: f.path), **self._meta,
                                     mode="overwrite" if filters else "append", partition_filters=filters or None,
                                     read_version=self._plan.features_version)
@@ -448,11 +476,11 @@ class WriteFeatures(beam.PTransform):
         from schemas.validation import ValidateContract
         files = (tables
                  | "WriteFiles" >> beam.ParDo(delta._WriteFiles(self._plan.lake, FEATURES))
-                 | "AllFiles" >> beam.combiners.ToList())
+                 | "AllFiles" >> Gather())
         report = tables | "Validate" >> ValidateContract(FEATURES, self._baseline, self._sample_rate)
         return files | "Commit" >> beam.ParDo(_Commit(self._plan, self._sizes),
                                               report=beam.pvalue.AsSingleton(report),
-                                              late=beam.pvalue.AsSingleton(self._late))
+                                              late_chunks=_late_side(self._late))
 
 
 # --- planning (driver side, Delta metadata only) ----------------------------------------------
@@ -470,20 +498,21 @@ def newest_ingestion_us(lake_root: str, version: int) -> int | None:
 
 
 def plan_run(lake_root: str, sizes, allowed_lateness_s: float, upto: int | None = None) -> FeaturesPlan | None:
-    """The next run's plan, or None when clean has nothing new."""
-    clean = lake.open_table(lake_root, CLEAN)
-    if clean is None:
+    """The next run's plan, or None when clean has nothing new. Bookkeeping reads the log of the new
+    clean versions and features' newest commit only (not the tables' whole history)."""
+    latest = lake.latest_version(lake_root, CLEAN)
+    if latest is None:
         return None
-    target = clean.version() if upto is None else min(upto, clean.version())
+    target = latest if upto is None else min(upto, latest)
     inputs = lake.last_inputs(lake_root, FEATURES, APP) or {}
     after = int(inputs[CLEAN][1]) if CLEAN in inputs else -1
     if target <= after:
         return None
     previous = {s.label: inputs.get("watermarks_us", {}).get(s.label) for s in sizes}
     newest = newest_ingestion_us(lake_root, target)
-    features = lake.open_table(lake_root, FEATURES)
+    features_version = lake.latest_version(lake_root, FEATURES)
     return FeaturesPlan(
         lake=lake_root, clean_after=after, clean_upto=target,
         new_files=tuple(delta.added_files(lake_root, CLEAN, after if after >= 0 else None, target)),
         previous=previous, watermark_us=(newest or 0) - int(allowed_lateness_s * US),
-        features_version=features.version() if features else None)
+        features_version=features_version)

@@ -38,7 +38,9 @@ HISTORY_COMMITS = 500    # how far back a restarted job looks for offsets it alr
 
 
 def committed_offsets(lake_root: str, table: str) -> OffsetSet:
-    """Offsets of the messages already landed in `table` by the streaming job (recent commits)."""
+    """Offsets of the messages already landed in `table` by the streaming job, from the commits of
+    the newest HISTORY_COMMITS versions (their commit files only: the cost does not grow with the
+    table's age; object-store reads are cached, so a refresh reads just the versions since)."""
     out = OffsetSet()
     for h in lake.commits(lake_root, table, APP, limit=HISTORY_COMMITS):
         out.update(OffsetSet.from_json(json.loads(h.get(lake.COMMIT_INPUTS, "{}")).get("kafka")))
@@ -180,10 +182,14 @@ class _CommitFn(beam.DoFn):
             return [], OffsetSet()
         return lake.write_files(self._lake, table, data, prefix="stream"), message_offsets(data)
 
-    def _commit_kafka(self) -> None:
+    def _commit_kafka(self, deadline_s: float = 30.0) -> None:
+        # transient errors (coordinator loading or moved, a leader election) are retried for a while;
+        # past the deadline the caller logs and the next interval tries again
         from confluent_kafka import TopicPartition
-        positions = self._consumer.committed(
-            [TopicPartition(t, p) for t, p in self._done.partitions()], timeout=10)
+        from transforms.retry import partitions_ok, retry
+        wanted = [TopicPartition(t, p) for t, p in self._done.partitions()]
+        positions = retry(lambda: partitions_ok(self._consumer.committed(wanted, timeout=10)),
+                          what="read the consumer group's committed offsets", deadline_s=deadline_s)
         advance = []
         for tp in positions:
             start = tp.offset if tp.offset >= 0 else 0
@@ -191,7 +197,9 @@ class _CommitFn(beam.DoFn):
             if end > start:
                 advance.append(TopicPartition(tp.topic, tp.partition, end))
         if advance:
-            self._consumer.commit(offsets=advance, asynchronous=False)
+            # idempotent: the same absolute offsets again
+            retry(lambda: partitions_ok(self._consumer.commit(offsets=advance, asynchronous=False)),
+                  what="commit the consumer group's offsets after landing", deadline_s=deadline_s)
 
 
 def ranges_of(offsets: OffsetSet, topic: str, partition: int) -> list[list[int]]:
@@ -238,6 +246,58 @@ class LandDecoded(beam.PTransform):
 
 # --- alerts ----------------------------------------------------------------------------------
 
+DEDUP_HORIZON_US = 24 * 3600 * 10**6   # alert ids remembered this long (event time) for dedup
+
+
+class RecentAlertIds:
+    """Alert ids with their event time, for the last ``horizon_us`` of event time only.
+
+    Ids are deterministic from device, rule and triggering reading, so a repeat is a reading seen again
+    (a replay after a restart resumes from the last landed offsets: minutes, not days). Remembering a
+    bounded horizon keeps memory flat however long the job runs and however big the table grows."""
+
+    def __init__(self, horizon_us: int = DEDUP_HORIZON_US):
+        self.horizon_us = horizon_us
+        self._ids: dict[str, int] = {}
+        self._newest = 0
+
+    def add(self, ids, event_us) -> None:
+        for alert_id, t in zip(ids, event_us):
+            self._ids[alert_id] = int(t)
+            self._newest = max(self._newest, int(t))
+        cutoff = self._newest - self.horizon_us
+        if any(t < cutoff for t in self._ids.values()):
+            self._ids = {a: t for a, t in self._ids.items() if t >= cutoff}
+
+    def __contains__(self, alert_id: str) -> bool:
+        return alert_id in self._ids
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+
+def recent_alert_ids(lake_root: str, horizon_us: int = DEDUP_HORIZON_US) -> RecentAlertIds:
+    """The alerts table's ids of the newest ``horizon_us`` of event time (file statistics prune the rest)."""
+    import pyarrow.compute as pc
+    import pyarrow.dataset as pads
+    known = RecentAlertIds(horizon_us)
+    table = lake.open_table(lake_root, "alerts")
+    if table is None:
+        return known
+    stats = table.get_add_actions(flatten=True)
+    if stats.num_rows == 0:
+        return known
+    newest = pc.max(stats["max.event_time"]).cast(pa.int64()).as_py() if "max.event_time" in stats.schema.names \
+        else None
+    if newest is None:      # files without statistics: read the column (still one column only)
+        newest = pc.max(lake.read(lake_root, "alerts", columns=["event_time"])["event_time"]).cast(pa.int64()).as_py()
+    cutoff = pa.scalar(newest - horizon_us, pa.timestamp("us", tz="UTC"))
+    recent = table.to_pyarrow_dataset().to_table(columns=["alert_id", "event_time"],
+                                                 filter=pads.field("event_time") >= cutoff)
+    known.add(recent["alert_id"].to_pylist(), recent["event_time"].cast(pa.int64()).to_pylist())
+    return known
+
+
 class _CommitAlertsFn(beam.DoFn):
     def __init__(self, lake_root: str):
         self._lake = lake_root
@@ -245,13 +305,13 @@ class _CommitAlertsFn(beam.DoFn):
         self.duplicates = Metrics.counter("alerts", "duplicates_dropped")
 
     def setup(self):
-        known = lake.read(self._lake, "alerts", columns=["alert_id"])
-        self._known = set(known["alert_id"].to_pylist())
+        self._known = recent_alert_ids(self._lake)
 
     def process(self, element, win=beam.DoFn.WindowParam):
         _, alerts = element
+        alerts = list(alerts)
         fresh = {a["alert_id"]: a for a in alerts if a["alert_id"] not in self._known}
-        self.duplicates.inc(len(list(alerts)) - len(fresh))
+        self.duplicates.inc(len(alerts) - len(fresh))
         if not fresh:
             return
         data = pa.Table.from_pylist(sorted(fresh.values(), key=lambda a: (a["event_time"], a["alert_id"])),
@@ -261,34 +321,72 @@ class _CommitAlertsFn(beam.DoFn):
         digest = hashlib.sha1("".join(ids).encode()).hexdigest()[:20]
         version = lake.commit_files(self._lake, "alerts", files, app=APP, commit_id=f"{APP}:alerts:{digest}",
                                     inputs={"window_end": str(win.end)})
-        self._known.update(ids)
+        self._known.add(ids, [_event_us(fresh[i]["event_time"]) for i in ids])
         self.committed.inc(len(ids))
         log.info("alerts: v%d, %d alerts", version, len(ids))
         yield len(ids)
 
 
-class _PublishAlertsFn(beam.DoFn):
-    """Publishes each alert to Kafka as it fires (JSON, key device_id); ids make repeats idempotent."""
+def _event_us(t) -> int:
+    return int(t.timestamp() * 10**6) if hasattr(t, "timestamp") else int(t)
 
-    def __init__(self, producer_config: dict, topic: str):
-        self._config, self._topic = producer_config, topic
+
+class _PublishAlertsFn(beam.DoFn):
+    """Publishes each alert to Kafka as it fires (JSON, key device_id); ids make repeats idempotent.
+
+    A full local queue is served (poll) and retried. A bundle finishes once its alerts are delivered:
+    an alert whose delivery failed with a retriable error is produced again, until the deadline, then
+    the bundle fails and Beam retries it. A non-retriable failure is counted and logged, not retried
+    (the alert is still committed to the alerts table)."""
+
+    def __init__(self, producer_config: dict, topic: str, deadline_s: float = 120.0):
+        self._config, self._topic, self._deadline_s = producer_config, topic, deadline_s
         self.published = Metrics.counter("alerts", "published")
+        self.republished = Metrics.counter("alerts", "republished")
+        self.failed = Metrics.counter("alerts", "publish_failed")
 
     def setup(self):
         from confluent_kafka import Producer
         self._producer = Producer({"linger.ms": 5, **self._config})
+        self._again: list[tuple[bytes, bytes]] = []    # (key, body) of retriable delivery failures
+
+    def _on_delivery(self, err, msg):
+        from transforms.retry import describe, kafka_retriable
+        if err is None:
+            self.published.inc()
+        elif kafka_retriable(err):
+            self._again.append((msg.key(), msg.value()))
+        else:
+            self.failed.inc()
+            log.error("alert not published to %s: %s", self._topic, describe(err))
+
+    def _produce(self, key: bytes, body: bytes) -> None:
+        from transforms import retry
+        retry.produce(self._producer, self._topic, body, key=key, on_delivery=self._on_delivery,
+                      what=f"queue an alert for {self._topic} (local queue full)", deadline_s=self._deadline_s)
 
     def process(self, alert: dict):
         body = json.dumps({k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in alert.items()})
-        self._producer.produce(self._topic, body.encode(), key=alert["device_id"].encode())
+        self._produce(alert["device_id"].encode(), body.encode())
         self._producer.poll(0)
-        self.published.inc()
+
+    def _deliver(self) -> None:
+        again, self._again = self._again, []
+        for key, body in again:
+            self._produce(key, body)
+        self.republished.inc(len(again))
+        left = self._producer.flush(10)     # delivery callbacks run here and may refill _again
+        if left or self._again:
+            from transforms.retry import Undelivered
+            raise Undelivered(left + len(self._again))
 
     def finish_bundle(self):
-        self._producer.flush(30)
+        from transforms.retry import retry
+        retry(self._deliver, what=f"deliver the bundle's alerts to {self._topic}", deadline_s=self._deadline_s,
+              initial_s=0.5)
 
     def teardown(self):
-        self._producer.flush(30)
+        self._producer.flush(30)    # best effort: every bundle already flushed its alerts
 
 
 class SinkAlerts(beam.PTransform):

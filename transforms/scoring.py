@@ -5,6 +5,11 @@ scores rows and model alerts.
         --Normalize[m]--> (block_id, device-relative z)  --RunInference[m]--> (block_id, (scores, contributions))
     CoGroupByKey(meta, m1, m2, m3) --BuildScores--> scores rows (Arrow) + anomalous ensemble windows
     anomalous windows --by device--> episodes --> WARNING / HIGH alerts (Arrow)
+
+Element sizes: a block's meta table and each model's (scores, contributions) cross the Join, so a
+block holds at most as many windows as keep the largest of them within the chunk bound of
+:mod:`transforms.arrow` (``--block_rows`` is capped accordingly); its meta is compacted (a slice of
+the file's table would pickle the whole file's columns).
 """
 from __future__ import annotations
 
@@ -24,6 +29,7 @@ from models import ensemble, registry
 from models.features import MODEL_FEATURES, DeviceBaseline, matrix, top_features
 from models.handlers import BASELINE_FILE, handler_for
 from schemas import contracts
+from transforms.arrow import DEFAULT_CHUNK_BYTES, ElementSizes, compact
 
 APP = "score"
 META_COLUMNS = ["device_id", "window_size", "window_start", "window_end"]
@@ -46,6 +52,13 @@ def ensemble_version(models: list[ModelRef]) -> str:
     return ",".join(f"{m.name}={m.version}" for m in sorted(models, key=lambda m: m.name))
 
 
+def max_block_rows(requested: int, nbytes: int = DEFAULT_CHUNK_BYTES) -> int:
+    """Windows per block: the requested number, capped so that a model's output for the block
+    (a float64 score and a contribution per feature, per window) stays within ``nbytes``."""
+    per_window = (len(MODEL_FEATURES) + 1) * 8
+    return max(1, min(requested, nbytes // per_window))
+
+
 def alert_id(device_id: str, rule: str, severity: str, window_start: dt.datetime) -> str:
     return hashlib.sha1(f"{device_id}|{rule}|{severity}|{window_start.isoformat()}".encode()).hexdigest()[:32]
 
@@ -54,8 +67,11 @@ class _Blocks(beam.DoFn):
     """An Arrow table of feature windows -> blocks of at most `rows` windows: (id, meta, matrix)."""
 
     def __init__(self, window_size: str, rows: int):
-        self._ws, self._rows = window_size, rows
+        self._ws, self._rows = window_size, max_block_rows(rows)
         self._windows = Metrics.counter(APP, "windows_in")
+
+    def setup(self):
+        self._sizes = ElementSizes("score_block_meta")
 
     def process(self, element):
         source, data = element
@@ -67,7 +83,7 @@ class _Blocks(beam.DoFn):
         tag = hashlib.sha1(source.encode()).hexdigest()[:12]
         for i, lo in enumerate(range(0, data.num_rows, self._rows)):
             part = data.slice(lo, self._rows)
-            yield f"{tag}-{i:05d}", part.select(META_COLUMNS), matrix(part)
+            yield f"{tag}-{i:05d}", self._sizes.observe(compact(part.select(META_COLUMNS))), matrix(part)
 
 
 class _Normalize(beam.DoFn):

@@ -14,8 +14,13 @@ from confluent_kafka import Producer
 from pipelines.simulation import generator, rows, wire
 from pipelines.simulation.fleet import Device
 from pipelines.simulation.incidents import WIRE_FAULTS, Incident
+from transforms import retry
 
 log = logging.getLogger(__name__)
+# A full local queue waits (poll) and retries. Delivery errors are not produced again: the idempotent
+# producer already retries transient ones until message.timeout.ms, and a second copy of a message
+# that did land would skew the ground truth.
+FLUSH_DEADLINE_S = 120.0
 
 
 @dataclass
@@ -98,7 +103,7 @@ def stream(devices: list[Device], incidents: list[Incident], cfg: StreamConfig, 
                 time.sleep(ahead)
         for part in chunks:
             for key, body, ts_ms, event_ids in messages_for(part, by_id, cfg):
-                producer.produce(cfg.topic, body, key=key, timestamp=ts_ms, on_delivery=on_delivery)
+                retry.produce(producer, cfg.topic, body, key=key, timestamp=ts_ms, on_delivery=on_delivery)
                 result.messages += 1
                 result.readings += len(event_ids)
                 result.produced.extend((e, "reading", None) for e in event_ids)
@@ -111,7 +116,8 @@ def stream(devices: list[Device], incidents: list[Incident], cfg: StreamConfig, 
                         "value": round(device.suction_kpa * device.compression_ratio, 1), "unit": "kPa",
                         "ts": int(b_start.timestamp() * 1000)}
             body, bad_ids, good = wire.wire_fault_message(fault, n, template)
-            producer.produce(cfg.topic, body, key=device.device_id, timestamp=template["ts"], on_delivery=on_delivery)
+            retry.produce(producer, cfg.topic, body, key=device.device_id, timestamp=template["ts"],
+                          on_delivery=on_delivery)
             result.messages += 1
             result.produced.extend((e, "wire_fault", WIRE_FAULTS[fault]) for e in bad_ids)
             result.produced.extend((e, "reading", None) for e in good)
@@ -126,7 +132,10 @@ def stream(devices: list[Device], incidents: list[Incident], cfg: StreamConfig, 
                      b_end - cfg.start, dt.timedelta(seconds=cfg.sim_seconds), result.messages, result.readings,
                      result.readings / (time.monotonic() - wall0),
                      f", {lag:.1f} s behind pace" if cfg.acceleration > 0 and lag > 1 else "")
-    producer.flush(60)
+    try:
+        retry.flush(producer, what=f"deliver the stream to {cfg.topic}", deadline_s=FLUSH_DEADLINE_S)
+    except retry.RetryError as exc:
+        result.delivery_errors.append(str(exc))
     result.wall_seconds = time.monotonic() - wall0
     if len(producer):
         result.delivery_errors.append(f"{len(producer)} messages still undelivered after flush")

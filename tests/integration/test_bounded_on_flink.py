@@ -1,0 +1,112 @@
+"""Cleanse on the local Flink over shards whose elements, as the code before bounded
+chunks built them, exceed Flink's sort-buffer record limit (6,684,672 bytes here: "The record exceeds
+the maximum size of a sort buffer"), and the tables equal the DirectRunner's.
+
+Input: 25 simulated devices, one reading per sensor per minute, 2 days (~360K readings, landing
+v0 and v1), cleansed with 2 device shards and features with 1. The second cleanse reads the first
+one's clean file as dedup context: that file's row group holds ~180K rows (lake.write_files groups
+1M rows), so the old per-(row group, shard) context element was ~9 MB; the features read of the
+same files made ~13 MB elements. The test computes those old sizes from the lake before the runs
+(one table per row group per shard, as ReadAllFromParquetBatched and the old split_by_shard built
+them) and asserts they exceed the limit, then runs the cleanse on Flink with the default bound.
+
+Features is not here yet: Beam's Flink batch translator pre-combines every GroupByKey's values per
+key into ONE list record (Concatenate) before the sort, so what one key carries in total, not each
+element, must stay under the limit; features with one shard over this input still fails that way.
+It needs a shard count sized from the run's volume (open work, see the closing note of issue 11).
+"""
+from __future__ import annotations
+
+import pickle
+import shutil
+import subprocess
+import sys
+import time
+
+import polars as pl
+import pyarrow.parquet as pq
+import pytest
+
+from pipelines import cleanse
+from tests.conftest import FLINK_REST, PROJECT_ROOT, require_service
+from tests.helpers import run_simulator
+from tests.integration.flink_jobs import JOB_ENDPOINT
+from transforms import arrow
+from transforms import cleansing as cl
+from transforms import delta
+from transforms import lake as lake_io
+
+pytestmark = [pytest.mark.integration, pytest.mark.flink]
+
+FLINK_SORT_RECORD_LIMIT = 6_684_672
+FLINK_ARGS = ["--runner=PortableRunner", f"--job_endpoint={JOB_ENDPOINT}", "--environment_type=LOOPBACK",
+              "--parallelism=1"]
+UNBOUNDED = arrow.ChunkBound(rows=10**12, nbytes=10**15)      # the old behaviour: one table per shard
+CLEANSE_SHARDS = 1         # few shards: all of a run's rows in one shard
+WALL_CLOCK = {"quarantined_at", "computed_at"}
+
+
+def _start_on_flink(module: str, lake: str, args: list[str]) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", f"pipelines.{module}", "--lake", lake, *args, *FLINK_ARGS],
+                            cwd=PROJECT_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _finish(proc: subprocess.Popen) -> str:
+    stdout, stderr = proc.communicate(timeout=600)
+    assert proc.returncode == 0, stdout[-3000:] + stderr[-5000:]
+    return stdout
+
+
+def _canonical(lake: str, table: str) -> pl.DataFrame:
+    frame = pl.from_arrow(lake_io.read(lake, table))
+    frame = frame.drop([c for c in frame.columns if c in WALL_CLOCK])
+    return frame.sort([c for c in frame.columns if frame.schema[c] != pl.List(pl.Utf8)])
+
+
+def _row_groups(lake: str, table: str, columns: list[str]):
+    for f in delta.snapshot_files(lake, table):
+        pf = pq.ParquetFile(f.uri.removeprefix("file://"))
+        for i in range(pf.metadata.num_row_groups):
+            yield pf.read_row_group(i, columns=columns)
+
+
+def _largest_pickled(pairs) -> int:
+    return max((len(pickle.dumps(t)) for _, t in pairs), default=0)
+
+
+def old_context_element_bytes(lake: str) -> int:
+    """Largest dedup-context element the old cleanse would have shuffled (all clean rows are inside
+    the lookback and the hours of the new rows here)."""
+    return max(_largest_pickled(cl.split_by_shard(pl.from_arrow(rg), CLEANSE_SHARDS, UNBOUNDED))
+               for rg in _row_groups(lake, cl.CLEAN, cl.CONTEXT_COLUMNS))
+
+
+def test_cleanse_shards_beyond_flinks_record_limit_run_on_flink_like_the_direct_runner(tmp_path):
+    require_service("Flink", FLINK_REST)
+    require_service("Beam job server", JOB_ENDPOINT)
+    base = str(tmp_path / "base" / "lake")
+    run_simulator(base, "--devices", "18", "--backfill-days", "2", "--backfill-end", "2026-11-20",
+                  "--interval", "60", "--data-faults", "duplicates,replay,stuck_value,out_of_range")
+    # landing v0 cleansed once (DirectRunner): its clean file is the second run's dedup context
+    assert cleanse.run(["--lake", base, "--upto_version", "0", "--shards", "1"])["reconciles"]
+    old_sizes = {"cleanse_context": old_context_element_bytes(base)}
+    direct, flink = str(tmp_path / "direct" / "lake"), str(tmp_path / "flink" / "lake")
+    for copy in ("direct", "flink"):
+        shutil.copytree(tmp_path / "base", tmp_path / copy)
+
+    # each step on Flink (a subprocess) while the DirectRunner runs it here
+    started = time.monotonic()
+    proc = _start_on_flink("cleanse", flink, ["--shards", str(CLEANSE_SHARDS)])
+    summary = cleanse.run(["--lake", direct, "--shards", str(CLEANSE_SHARDS)])
+    assert "reconciles             yes" in _finish(proc)
+    print(f"cleanse: {time.monotonic() - started:.1f} s")
+    assert summary["reconciles"] and summary["context_rows"] > 100_000, summary
+
+    print("old element sizes (bytes):", old_sizes)
+    for site, size in old_sizes.items():
+        assert size > FLINK_SORT_RECORD_LIMIT, (site, size)
+    for table in ("clean_sensor_readings", "quarantine"):
+        a, b = _canonical(direct, table), _canonical(flink, table)
+        assert a.height > 0, table
+        assert a.equals(b), f"{table}: DirectRunner and Flink differ"
+        assert lake_io.open_table(direct, table).version() == lake_io.open_table(flink, table).version()
