@@ -4,8 +4,8 @@ the maximum size of a sort buffer"), and the tables equal the DirectRunner's.
 
 Input: 25 simulated devices, one reading per sensor per minute, 2 days (~360K readings, landing
 v0 and v1), cleansed with 2 device shards and features with 1. The second cleanse reads the first
-one's clean file as dedup context: that file's row group holds ~180K rows (lake.write_files groups
-1M rows), so the old per-(row group, shard) context element was ~9 MB; the features read of the
+one's clean file as dedup context: that file holds ~180K rows (the old lake.write_files wrote one row
+group up to 1M rows), so the old per-(row group, shard) context element was ~9 MB; the features read of the
 same files made ~13 MB elements. The test computes those old sizes from the lake before the runs
 (one table per row group per shard, as ReadAllFromParquetBatched and the old split_by_shard built
 them) and asserts they exceed the limit, then runs the cleanse on Flink with the default bound.
@@ -63,11 +63,11 @@ def _canonical(lake: str, table: str) -> pl.DataFrame:
     return frame.sort([c for c in frame.columns if frame.schema[c] != pl.List(pl.Utf8)])
 
 
-def _row_groups(lake: str, table: str, columns: list[str]):
+def _old_row_groups(lake: str, table: str, columns: list[str]):
+    """The tables the old read handed on: one per row group as the old writer wrote them, which was
+    one row group per file below 1M rows (files here are smaller)."""
     for f in delta.snapshot_files(lake, table):
-        pf = pq.ParquetFile(f.uri.removeprefix("file://"))
-        for i in range(pf.metadata.num_row_groups):
-            yield pf.read_row_group(i, columns=columns)
+        yield pq.read_table(f.uri.removeprefix("file://"), columns=columns)
 
 
 def _largest_pickled(pairs) -> int:
@@ -78,7 +78,7 @@ def old_context_element_bytes(lake: str) -> int:
     """Largest dedup-context element the old cleanse would have shuffled (all clean rows are inside
     the lookback and the hours of the new rows here)."""
     return max(_largest_pickled(cl.split_by_shard(pl.from_arrow(rg), CLEANSE_SHARDS, UNBOUNDED))
-               for rg in _row_groups(lake, cl.CLEAN, cl.CONTEXT_COLUMNS))
+               for rg in _old_row_groups(lake, cl.CLEAN, cl.CONTEXT_COLUMNS))
 
 
 def test_cleanse_shards_beyond_flinks_record_limit_run_on_flink_like_the_direct_runner(tmp_path):
@@ -107,6 +107,6 @@ def test_cleanse_shards_beyond_flinks_record_limit_run_on_flink_like_the_direct_
         assert size > FLINK_SORT_RECORD_LIMIT, (site, size)
     for table in ("clean_sensor_readings", "quarantine"):
         a, b = _canonical(direct, table), _canonical(flink, table)
-        assert a.height > 0, table
+        assert a.height > 0 or table == "quarantine", table      # no unknown devices in this input
         assert a.equals(b), f"{table}: DirectRunner and Flink differ"
         assert lake_io.open_table(direct, table).version() == lake_io.open_table(flink, table).version()
