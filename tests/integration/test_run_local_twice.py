@@ -1,5 +1,5 @@
 """The main job run twice into the same --data: the second run starts clean (and says so) instead of
-appending a second copy of the history, and both runs give the same reconciliation and detection.
+appending a second copy of the history, and both runs give the same reconciliation.
 
 A small fleet (20 devices, 2 days) with the batch pipelines on the DirectRunner keeps it short; the
 streaming job runs on the shared Flink cluster as in ./run_local.sh."""
@@ -19,8 +19,11 @@ pytestmark = [pytest.mark.integration, pytest.mark.flink]
 ARGS = ["--devices", "20", "--days", "2", "--history_interval", "600", "--stream_minutes", "90",
         "--acceleration", "90", "--batch_runner", "direct", "--bootstrap_servers", KAFKA_BOOTSTRAP,
         "--flink_rest", FLINK_REST]
-# lines of the report summary that hold timings or commit-timing-dependent file counts
-VARIABLE = re.compile(r"^\s*(acute:|lake upkeep:)|wall time|minutes of streamed arrivals|report:")
+# the report's check lines: reconciliation, dead letters and the latency checks (their counts, not
+# timings). Model alerts and detection are left out: training is not bit-reproducible yet (issue 14).
+# Delta version numbers depend on how many intervals the streaming job committed: masked.
+CHECK_LINE = re.compile(r"^  \[(OK  |FAIL|INFO|SKIP)\] ")
+VERSION = re.compile(r"\bv\d+\b|expected \d+, got \d+$")
 
 
 def _run(data) -> list[str]:
@@ -31,10 +34,10 @@ def _run(data) -> list[str]:
 
 
 def _summary(lines: list[str]) -> list[str]:
-    """The report's check, alert and detection lines (after the report stage's banner)."""
+    """The report's check lines (after the report stage's banner)."""
     start = max(i for i, line in enumerate(lines) if "] report" in line)
-    body = [line for line in lines[start:] if line.startswith("  ") and not line.startswith("    ")]
-    return [line for line in body if not VARIABLE.search(line)]
+    checks = [line for line in lines[start:] if CHECK_LINE.match(line)]
+    return [VERSION.sub("<version>", line) if "version" in line or " since v" in line else line for line in checks]
 
 
 def _landing_counts(data) -> tuple[int, int]:
