@@ -135,6 +135,7 @@ class StreamingJob:
         self.known = {j["jid"] for j in flink_jobs(args.flink_rest)}
         self.process = subprocess.Popen(
             [sys.executable, "-m", "pipelines.streaming", "--lake", lake, "--consumer_group", group,
+             f"--job_name={group}",
              "--bootstrap_servers", args.bootstrap_servers, "--commit_interval_s", "10",
              "--runner=PortableRunner", f"--job_endpoint={args.job_endpoint}",
              # Python runs in the worker pool (scripts/services.sh start workers), one SDK worker process
@@ -153,7 +154,9 @@ class StreamingJob:
             if self.process.poll() is not None:
                 raise SystemExit(f"the streaming job exited early; see {self.log}")
             jobs = flink_jobs(self.args.flink_rest, deadline_s=max(1.0, deadline - time.monotonic()))
-            new = [j["jid"] for j in jobs if j["jid"] not in self.known and j["state"] == "RUNNING"]
+            # by name: another job started on a shared cluster meanwhile must not be taken for ours
+            new = [j["jid"] for j in jobs if j["jid"] not in self.known and j["state"] == "RUNNING"
+                   and j["name"] == self.group]
             if new:
                 return new[0]
             time.sleep(1)
