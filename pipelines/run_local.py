@@ -30,6 +30,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -166,8 +167,12 @@ class StreamingJob:
         from transforms.retry import http_retriable, retry
         url = f"http://{self.args.flink_rest}/jobs/{self.jid}?mode=cancel"
         # cancelling twice is harmless: a retry after a lost response only repeats the request
-        retry(lambda: urllib.request.urlopen(urllib.request.Request(url, method="PATCH"), timeout=10).read(),
-              what=f"cancel Flink job {self.jid}", retriable=http_retriable)
+        try:
+            retry(lambda: urllib.request.urlopen(urllib.request.Request(url, method="PATCH"), timeout=10).read(),
+                  what=f"cancel Flink job {self.jid}", retriable=http_retriable)
+        except urllib.error.HTTPError as exc:
+            if exc.code != 409:         # 409: the job already ended (failed, or cancelled elsewhere)
+                raise
         try:
             self.process.wait(timeout=60)
         except subprocess.TimeoutExpired:
