@@ -71,14 +71,13 @@ def delta_tables() -> list[str]:
 
 
 def commit_time(lake_root: str, table: str, version: int) -> dt.datetime:
-    """When ``version`` was committed: its commitInfo timestamp (one small file read)."""
-    fs = lake._filesystem(lake.table_uri(lake_root, table))
-    with fs.open_input_stream(f"_delta_log/{version:020d}.json") as stream:
-        for line in stream.read().decode().splitlines():
-            info = json.loads(line).get("commitInfo")
-            if info and "timestamp" in info:
-                return dt.datetime.fromtimestamp(info["timestamp"] / 1000, dt.timezone.utc)
-    raise ValueError(f"{table} version {version}: no commitInfo timestamp")
+    """When ``version`` was committed: its commitInfo timestamp (reads the commit file's tail)."""
+    info = lake.commit_info(lake_root, table, version)
+    if info is None:
+        raise FileNotFoundError(f"{table} version {version}: commit file gone")
+    if "timestamp" not in info:
+        raise ValueError(f"{table} version {version}: no commitInfo timestamp")
+    return dt.datetime.fromtimestamp(info["timestamp"] / 1000, dt.timezone.utc)
 
 
 def training_pins(lake_root: str, now: dt.datetime, policy: Policy, roots: list[str] = ()) -> Pins:
