@@ -63,6 +63,10 @@ class StreamingOptions(PipelineOptions):
         g.add_argument("--expansion_service", default="127.0.0.1:8096",
                        help="Beam expansion service for the Java KafkaIO; scripts/services.sh runs one with the "
                             "legacy (non-SDF) read and the EMBEDDED environment, which is what works on Flink")
+        g.add_argument("--cold_start", action="store_true",
+                       help="do not rebuild the 24 h vibration baselines of devices without rule state from the "
+                            "lake's 15-minute features and recent landing rows (then VIBRATION_SURGE needs an "
+                            "hour of readings after a start without a savepoint)")
         g.add_argument("--max_num_records", type=int, default=None,
                        help="stop after this many Kafka records (bounded runs and tests only)")
 
@@ -111,8 +115,9 @@ class FleetStreaming(beam.PTransform):
     def __init__(self, lake_root: str, *, interval_s: float = 60.0, shards: int = DEFAULT_SHARDS,
                  batch_messages: int = 500, rules_config: str | None = None, registry_ttl_s: float = 300.0,
                  kafka_producer: dict | None = None, kafka_commit: dict | None = None,
-                 alerts_topic: str = "sensor.alerts"):
+                 alerts_topic: str = "sensor.alerts", warm_start: bool = True):
         super().__init__()
+        self._warm_start = warm_start
         self._lake, self._interval, self._shards = lake_root, interval_s, shards
         self._batch, self._rules, self._ttl = batch_messages, rules_config, registry_ttl_s
         self._producer, self._commit, self._alerts_topic = kafka_producer, kafka_commit, alerts_topic
@@ -126,7 +131,8 @@ class FleetStreaming(beam.PTransform):
         alerts = (decoded
                   | "Readings" >> beam.Map(lambda d: d.readings)
                   | "Continuous" >> beam.WindowInto(window.GlobalWindows())
-                  | "AcuteRules" >> AcuteRules(self._lake, self._shards, self._rules, self._ttl))
+                  | "AcuteRules" >> AcuteRules(self._lake, self._shards, self._rules, self._ttl,
+                                               warm_start=self._warm_start))
         alerts | "Alerts" >> SinkAlerts(self._lake, self._interval, self._producer, self._alerts_topic)
         return alerts
 
@@ -190,7 +196,8 @@ def build(p: beam.Pipeline, opts) -> None:
      | "Fleet" >> FleetStreaming(
          opts.lake, interval_s=opts.commit_interval_s, shards=opts.shards, batch_messages=opts.batch_messages,
          rules_config=opts.rules_config, registry_ttl_s=opts.registry_ttl_s, kafka_producer=client,
-         kafka_commit={**client, "group.id": opts.consumer_group}, alerts_topic=opts.alerts_topic))
+         kafka_commit={**client, "group.id": opts.consumer_group}, alerts_topic=opts.alerts_topic,
+         warm_start=not opts.cold_start))
 
 
 STATE_CACHE_MB = 256

@@ -12,7 +12,9 @@ cost of Beam is paid per batch, not per device. The engine (transforms.acute_rul
 all devices of the batch at once; their state lives in a log-structured store over three state cells
 of the shard key (transforms.acute_state): a batch reads and appends only the devices it touched, in a
 versioned binary page format. An event-time timer per shard compacts the store and evicts devices
-silent past their horizon (24 h window + lateness by default).
+silent past their horizon (24 h window + lateness by default). A device the store does not hold (a
+job started without a savepoint) gets its vibration baseline rebuilt from the lake
+(transforms.acute_warm), loaded once per worker process.
 """
 from __future__ import annotations
 
@@ -30,10 +32,11 @@ from apache_beam.metrics import Metrics
 from apache_beam.transforms.timeutil import TimeDomain
 from apache_beam.transforms.userstate import BagStateSpec, ReadModifyWriteStateSpec, TimerSpec, on_timer
 from apache_beam.transforms.window import GlobalWindow
+from apache_beam.utils.shared import Shared
 from apache_beam.utils.timestamp import Timestamp
 
 from schemas.sensors import SENSORS
-from transforms import acute_state
+from transforms import acute_state, acute_warm
 from transforms.arrow import to_numpy
 from transforms.acute_rules import RULE_NAMES, Batch, DeviceStates, RuleConfig, evaluate
 from transforms.registry import RegistryCache
@@ -168,13 +171,20 @@ class _RulesFn(beam.DoFn):
     EVICT_AT = ReadModifyWriteStateSpec("evict_at", VarIntCoder())
     EVICT = TimerSpec("evict", TimeDomain.WATERMARK)
 
-    def __init__(self, config_path: str | None, idle_horizon_s: float | None = None,
-                 eviction_period_s: float = EVICTION_PERIOD_S):
-        self._config_path, self._horizon_s, self._period_s = config_path, idle_horizon_s, eviction_period_s
+    def __init__(self, lake_root: str, config_path: str | None, idle_horizon_s: float | None = None,
+                 eviction_period_s: float = EVICTION_PERIOD_S, registry_ttl_s: float = 300.0,
+                 warm_start: bool = True):
+        self._lake, self._config_path, self._horizon_s, self._period_s = lake_root, config_path, idle_horizon_s, \
+            eviction_period_s
+        self._ttl, self._warm_start = registry_ttl_s, warm_start
+        self._shared = Shared()          # one warm-start source per worker process, not per DoFn instance
         self._counters = {}
 
     def setup(self):
         self._config = RuleConfig.load(self._config_path)
+        self._registry = RegistryCache(self._lake, self._ttl)
+        self._warm = (self._shared.acquire(lambda: acute_warm.WarmStart(self._lake, self._config))
+                      if self._warm_start else None)
         th = self._config.for_model(None)
         default = th.vibration_window_buckets * th.vibration_bucket_us + th.lateness_us
         self._horizon_us = int(self._horizon_s * 1e6) if self._horizon_s is not None else default
@@ -198,7 +208,7 @@ class _RulesFn(beam.DoFn):
                       np.asarray(to_numpy(table["rated_current_a"]), np.float64), np.full(n, arrived, np.int64))
         store = acute_state.Store(_BeamCells(log_bag, level1, level2))
         ids, index = batch.devices()
-        new, alerts, counts = evaluate(store.lookup(ids), batch, self._config,
+        new, alerts, counts = evaluate(store.lookup(ids, self._warm_fill(ids, index, batch)), batch, self._config,
                                        dt.datetime.now(dt.timezone.utc), index)
         store.write(new)
         self._count("state_devices_written", len(new))
@@ -209,6 +219,19 @@ class _RulesFn(beam.DoFn):
         for name, k in counts.items():
             self._count(name if name.startswith("alerts_") else f"readings_{name}", k)
         yield from alerts
+
+    def _warm_fill(self, ids: np.ndarray, index: np.ndarray, batch: Batch):
+        """States for the batch's devices the store does not hold: baselines rebuilt from the lake."""
+        if self._warm is None:
+            return None
+        model_of = dict(zip(ids[index], batch.model))
+
+        def fill(missing: np.ndarray):
+            states = self._warm.states(missing, np.array([model_of[d] for d in missing], object),
+                                       self._registry.get())
+            self._count("state_devices_warmed", int((np.diff(states.offsets("vib")) > 0).sum()))
+            return states
+        return fill
 
     @on_timer(EVICT)
     def evict(self, fired=beam.DoFn.TimestampParam, log_bag=beam.DoFn.StateParam(LOG),
@@ -234,16 +257,17 @@ class AcuteRules(beam.PTransform):
 
     def __init__(self, lake_root: str, shards: int = DEFAULT_SHARDS, config_path: str | None = None,
                  registry_ttl_s: float = 300.0, idle_horizon_s: float | None = None,
-                 eviction_period_s: float = EVICTION_PERIOD_S):
+                 eviction_period_s: float = EVICTION_PERIOD_S, warm_start: bool = True):
         super().__init__()
         self._lake, self._shards, self._config, self._ttl = lake_root, shards, config_path, registry_ttl_s
-        self._horizon, self._period = idle_horizon_s, eviction_period_s
+        self._horizon, self._period, self._warm_start = idle_horizon_s, eviction_period_s, warm_start
 
     def expand(self, readings):
         return (readings
                 | "Enrich" >> beam.ParDo(_EnrichFn(self._lake, self._shards, self._ttl)).with_output_types(
                     typing.Tuple[int, typing.Any])    # an int key: a deterministic coder for the state
-                | "EvaluatePerShard" >> beam.ParDo(_RulesFn(self._config, self._horizon, self._period)))
+                | "EvaluatePerShard" >> beam.ParDo(_RulesFn(
+                    self._lake, self._config, self._horizon, self._period, self._ttl, self._warm_start)))
 
 
 __all__ = ["AcuteRules", "PageCoder", "RULES", "canonical_values", "in_range", "shard_of"]

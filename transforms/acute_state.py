@@ -212,8 +212,9 @@ class Store:
                 [p for p in (self._cells.level(1), self._cells.level(2)) if p is not None]
         return self._pages
 
-    def lookup(self, ids: np.ndarray) -> DeviceStates:
-        """States of the sorted unique `ids`, in that order (empty state for unknown devices)."""
+    def lookup(self, ids: np.ndarray, fill=None) -> DeviceStates:
+        """States of the sorted unique `ids`, in that order. Devices the store does not hold get
+        ``fill(their ids)`` (default: empty states)."""
         ids = fixed_width(ids)
         found = np.zeros(len(ids), bool)
         parts, where = [], []
@@ -228,7 +229,7 @@ class Store:
                 where.append(np.flatnonzero(hit))
                 found |= hit
         if not found.all():
-            parts.append(DeviceStates.empty(ids[~found]))
+            parts.append((fill or DeviceStates.empty)(ids[~found]))
             where.append(np.flatnonzero(~found))
         merged = DeviceStates.concat(parts)
         order = np.empty(len(ids), np.int64)
