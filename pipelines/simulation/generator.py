@@ -190,15 +190,18 @@ def readings(devices: list[Device], start: dt.datetime, end: dt.datetime, interv
     sensor_idx = np.tile(np.arange(n_sensors), len(grid.t))
     t_ms = np.repeat(np.round(grid.t * 1000).astype(np.int64), n_sensors)
     value = np.stack([values[s] for s in SENSOR_TYPES], axis=1).reshape(-1)
-    units = np.empty(len(value), dtype=object)
+    # each device's unit per sensor (a few devices override the canonical one), then one pass per
+    # distinct (sensor, unit): the cost follows the readings, not devices x readings
+    unit_of = np.array([[SENSORS[s].canonical_unit for s in SENSOR_TYPES]] * len(devices), dtype=object) \
+        .reshape(len(devices), n_sensors)
     for p, d in enumerate(devices):
         for sensor, unit in d.units:
-            s = SENSOR_TYPES.index(sensor)
-            m = (dev == p) & (sensor_idx == s)
-            value[m] = from_canonical(sensor, value[m], unit)
-            units[m] = unit
+            unit_of[p, SENSOR_TYPES.index(sensor)] = unit
+    units = unit_of[dev, sensor_idx]
     for s, sensor in enumerate(SENSOR_TYPES):
-        units[(sensor_idx == s) & (units == None)] = SENSORS[sensor].canonical_unit  # noqa: E711
+        for unit in {u for u in unit_of[:, s] if u != SENSORS[sensor].canonical_unit}:
+            m = (sensor_idx == s) & (units == unit)
+            value[m] = from_canonical(sensor, value[m], unit)
     row_keep = np.repeat(keep, n_sensors)
 
     device_ids = np.array([d.device_id for d in devices], dtype=object)[dev]
