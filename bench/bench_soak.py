@@ -5,7 +5,7 @@ simulator produces --rate readings/s (about half the job's capacity: see bench.b
 --minutes, in segments of --segment_s, each with wire-fault messages making up --hostile_fraction of
 its messages (bad JSON, missing fields, wrong types, non-finite values, oversized readings, batches
 and messages, ...). Every --sample_s: resident memory of the TaskManager JVM and of every Python SDK
-worker process (LOOPBACK: the submitting process; a worker pool: its worker processes), the consumer
+worker process of the worker pool (EXTERNAL environment, as run_local runs the job), the consumer
 lag and the landed readings.
 
 Reported: the RSS slope (MB/hour, least squares after --warmup_minutes) per process, the lag at the
@@ -30,8 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.bench_streaming import (PROJECT_ROOT, Offsets, accepted_readings, create_topic, landed_rows, produce,
-                                   rss_mb, simulated_seconds, taskmanager_pid, write_registry)
+from bench.bench_streaming import (Offsets, accepted_readings, create_topic, job_args, landed_rows, pids, produce,
+                                   readings_per_second, rss_mb, write_registry)
 from bench.machine import describe, machine
 
 WIRE_FAULT_TYPES = 9      # pipelines.simulation.incidents.WIRE_FAULTS
@@ -51,23 +51,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--batch_size", type=int, default=200, help="readings per gateway message")
     p.add_argument("--single_fraction", type=float, default=0.2, help="share of devices sending single readings")
     p.add_argument("--sample_s", type=float, default=10, help="seconds between samples")
-    p.add_argument("--environment", default="loopback", choices=["loopback", "pool"],
-                   help="Python SDK workers: the submitting process, or the worker pool of scripts/services.sh")
+    p.add_argument("--commit_interval_s", type=float, default=10, help="landing interval of the job")
     p.add_argument("--workdir", default="/tmp/bench_soak", help="lake, logs and samples of the run")
     p.add_argument("--bootstrap_servers", default="127.0.0.1:9092", help="Kafka")
     p.add_argument("--job_endpoint", default=f"127.0.0.1:{os.environ.get('JOB_SERVER_PORT', '8099')}",
                    help="Beam job server of the local Flink")
-    p.add_argument("--worker_pool", default=f"127.0.0.1:{os.environ.get('SDK_WORKER_POOL_PORT', '50000')}",
-                   help="worker pool address (--environment pool)")
     p.add_argument("--json", action="store_true", help="print only the JSON line at the end")
     return p.parse_args(argv)
-
-
-def sdk_worker_pids(job_pid: int, environment: str) -> list[int]:
-    if environment == "loopback":
-        return [job_pid]
-    found = subprocess.run(["pgrep", "-f", "sdk_worker_main"], capture_output=True, text=True).stdout.split()
-    return sorted(int(p) for p in found)
 
 
 def slope_mb_per_h(points: list[tuple[float, float]]) -> float | None:
@@ -84,21 +74,11 @@ def hostile_per_type(args) -> int:
     return max(1, math.ceil(args.hostile_fraction * messages / WIRE_FAULT_TYPES))
 
 
-def streaming_command(args, lake: str, topic: str, group: str) -> list[str]:
-    env = (["--environment_type=LOOPBACK"] if args.environment == "loopback" else
-           ["--environment_type=EXTERNAL", f"--environment_config={args.worker_pool}"])
-    return ["--lake", lake, "--topic", topic, "--alerts_topic", topic.replace("readings", "alerts"),
-            "--consumer_group", group, "--bootstrap_servers", args.bootstrap_servers, "--commit_interval_s", "10",
-            "--runner=PortableRunner", f"--job_endpoint={args.job_endpoint}", *env,
-            "--default_environment_type=EMBEDDED", "--max_bundle_time_mills=100", "--checkpointing_interval=30000",
-            "--parallelism=2"]
-
-
-def sample(t0: float, lake: str, offsets: Offsets, job_pid: int, args) -> dict:
-    tm = taskmanager_pid()
+def sample(t0: float, lake: str, offsets: Offsets) -> dict:
+    tm = (pids("TaskManagerRunner") or [None])[0]
     return {"t_s": round(time.monotonic() - t0, 1), "landed": landed_rows(lake), "lag": offsets.lag(),
             "taskmanager_mb": rss_mb(tm) if tm else 0.0,
-            "workers_mb": {str(p): rss_mb(p) for p in sdk_worker_pids(job_pid, args.environment)}}
+            "workers_mb": {str(p): rss_mb(p) for p in sorted(pids("sdk_worker_main"))}}
 
 
 def run(args) -> dict:
@@ -107,24 +87,26 @@ def run(args) -> dict:
     work = Path(args.workdir) / suffix
     lake, topic, group = str(work / "lake"), f"soak.readings.{suffix}", f"soak-{suffix}"
     create_topic(args.bootstrap_servers, topic)
-    create_topic(args.bootstrap_servers, f"soak.alerts.{suffix}", partitions=1)
+    create_topic(args.bootstrap_servers, f"{topic}.alerts", partitions=1)
     work.mkdir(parents=True, exist_ok=True)
-    write_registry(args, lake)
+    write_registry(lake, args.devices)
     known = {j["jid"] for j in flink_jobs.jobs()}
-    job = flink_jobs.start("pipelines.streaming", streaming_command(args, lake, topic, group), work / "streaming.log")
+    job = flink_jobs.start("pipelines.streaming", job_args(args, lake, topic, group, parallelism=2),
+                           work / "streaming.log")
     jid, samples, produced, t0 = None, [], [], time.monotonic()
     offsets = Offsets(args.bootstrap_servers, topic, group)
     segments = max(1, round(args.minutes * 60 / args.segment_s))
     start = (dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
-             - dt.timedelta(seconds=segments * simulated_seconds(args, args.rate, args.segment_s) + 60))
+             - dt.timedelta(seconds=segments * args.segment_s * args.rate
+                            / readings_per_second(args.devices, args.interval) + 60))
     try:
         jid = flink_jobs.wait_for_running_job(known, timeout_s=180)
         for n in range(segments):
-            seg = produce(args, lake, topic, f"seg{n:03d}", start, args.rate, args.segment_s,
+            seg = produce(args, args.devices, lake, topic, f"seg{n:03d}", start, args.rate, args.segment_s,
                           "--wire-faults", str(hostile_per_type(args)), "--seed", str(n + 1))
             start = seg["end"]
             produced.append(seg)
-            samples.append(sample(t0, lake, offsets, job.pid, args))
+            samples.append(sample(t0, lake, offsets))
             s = samples[-1]
             if not args.json:
                 print(f"  {n + 1:>3}/{segments} t={s['t_s']:7.1f}s landed {s['landed']:>10,} lag {s['lag']:>6,}"
@@ -147,7 +129,7 @@ def summarise(args, samples: list[dict], produced: list[dict], expected: int, la
     workers = sorted({p for s in warm for p in s["workers_mb"]})
     dead = lake_io.read(lake, "deadletter", columns=["reason"]).num_rows
     return {
-        "minutes": args.minutes, "rate": args.rate, "environment": args.environment,
+        "minutes": args.minutes, "rate": args.rate, "environment": "EXTERNAL (SDK worker pool)",
         "produced_readings": sum(p["readings"] for p in produced), "produced_messages": sum(p["messages"] for p in produced),
         "accepted_readings": expected, "landed": landed_rows(lake), "deadletter_rows": dead,
         "max_lag": max((s["lag"] for s in samples), default=0), "final_lag": samples[-1]["lag"] if samples else None,
@@ -165,7 +147,7 @@ def main(argv=None) -> int:
         print(describe(machine()))
         print(f"soak: {args.minutes:g} min at {args.rate:,.0f} readings/s, {args.hostile_fraction:.0%} hostile "
               f"messages ({hostile_per_type(args)} per fault type per {args.segment_s:g} s segment), "
-              f"{args.environment} SDK workers", flush=True)
+              f"SDK workers in the worker pool", flush=True)
     result = run(args)
     if not args.json:
         for k, v in result.items():
