@@ -56,7 +56,6 @@ from transforms import lake
 log = logging.getLogger("report")
 
 LANDING, CLEAN, QUARANTINE = "raw_sensor_readings", "clean_sensor_readings", "quarantine"
-CLEANSE_APP = "cleanse"                  # transforms.cleansing.APP (not imported: it pulls in Beam IO)
 KEY = ["device_id", "event_id"]
 LATENCY_BUDGET_S = 120.0                 # DESIGN section 5: under 2 minutes from arrival to alert
 OK, FAIL, INFO, SKIP = "OK", "FAIL", "INFO", "SKIP"
@@ -371,7 +370,7 @@ def table_facts(lake_root: str) -> dict[str, tuple[int, int]]:
 
 
 def consumed_version(lake_root: str, table: str) -> int | None:
-    inputs = lake.last_inputs(lake_root, table, CLEANSE_APP) or {}
+    inputs = lake.last_inputs(lake_root, table, lake.CLEANSE_APP) or {}
     span = inputs.get(LANDING)
     return int(span[1]) if span else None
 
