@@ -355,7 +355,7 @@ def capacity(samples: list[dict]) -> dict:
 
 def alert_latency(lake: str, since: dt.datetime | None = None, until: dt.datetime | None = None) -> dict:
     import polars as pl
-    from pipelines.report import KEY, acute_latency
+    from pipelines.reporting.checks import KEY, acute_latency
     from transforms import lake as lake_io
     alerts = pl.from_arrow(lake_io.read(lake, "alerts", columns=KEY + ["severity", "event_time", "detected_at", "rule"]))
     landing = pl.from_arrow(lake_io.read(lake, "raw_sensor_readings", columns=KEY + ["timestamp_ingested"]))

@@ -8,9 +8,12 @@ cleanse's commit metadata), and hand-made alerts and scores."""
 from __future__ import annotations
 
 import datetime as dt
+import html
 import json
+import re
 import shutil
 import zlib
+from html.parser import HTMLParser
 from pathlib import Path
 from unittest import mock
 
@@ -21,7 +24,10 @@ import pyarrow.parquet as pq
 import pytest
 from deltalake import DeltaTable
 
+from pipelines import evaluate as ev
 from pipelines import report
+from pipelines.reporting import checks as rc
+from pipelines.reporting import inputs, render
 from pipelines.simulation import stream as sim_stream
 from schemas import contracts
 from tests.helpers import run_simulator
@@ -81,7 +87,7 @@ def _mini_cleanse(lake: str) -> None:
 def _alerts(lake: str) -> None:
     stream = lake_io.read(lake, "raw_sensor_readings").filter(
         pa.compute.is_valid(lake_io.read(lake, "raw_sensor_readings")["kafka_topic"]))
-    truth = report.load_truth(Path(lake).parent / "ground_truth")
+    truth = inputs.load_truth(Path(lake).parent / "ground_truth")
     failure = next(r for r in truth if r["kind"] == "failure")
     row = stream.slice(100, 1).to_pylist()[0]
     start = dt.datetime.fromisoformat(failure["start"]).replace(minute=0, second=0)
@@ -146,13 +152,13 @@ def _run(root: Path, *extra: str, traces: int = 0) -> int:
                         *extra])
 
 
-def _checks(root: Path) -> dict[str, report.Check]:
-    landing = report.read_frame(str(root / "lake"), "raw_sensor_readings",
-                                report.KEY + ["kafka_topic", "timestamp_ingested"])
-    truth = report.load_truth(root / "ground_truth")
+def _checks(root: Path) -> dict[str, rc.Check]:
+    landing = inputs.read_frame(str(root / "lake"), "raw_sensor_readings",
+                                rc.KEY + ["kafka_topic", "timestamp_ingested"])
+    truth = inputs.load_truth(root / "ground_truth")
     latest = lake_io.open_table(str(root / "lake"), "raw_sensor_readings").version()
-    checks = (report.stream_checks(str(root / "lake"), root / "ground_truth", landing, truth)
-              + report.lake_checks(str(root / "lake"), latest, landing))
+    checks = (inputs.stream_checks(str(root / "lake"), root / "ground_truth", landing, truth)
+              + inputs.lake_checks(str(root / "lake"), latest, landing))
     return {c.name: c for c in checks}
 
 
@@ -231,7 +237,7 @@ def test_new_landing_version_not_yet_cleansed_is_compared_at_the_consumed_versio
     consumed = checks["landing version consumed by the cleanse"]
     assert consumed.actual == consumed.expected - 1
     assert "has not consumed" in consumed.detail
-    assert not report.failed(list(checks.values()))
+    assert not rc.failed(list(checks.values()))
 
 
 def test_reconcile_stream_counts_whole_message_rejects_once():
@@ -243,9 +249,9 @@ def test_reconcile_stream_counts_whole_message_rejects_once():
     dead = pl.DataFrame({"reason": ["oversized_batch", "missing_field"], "event_id": [None, "x"],
                          "source": ["streaming", "streaming"]})
     wire = [{"detail": {"expected_reason": "oversized_batch"}}, {"detail": {"expected_reason": "missing_field"}}]
-    assert not report.failed(report.reconcile_stream(produced, landed, dead, wire))
+    assert not rc.failed(rc.reconcile_stream(produced, landed, dead, wire))
     landed_bad = pl.DataFrame({"event_id": ["a", "bad1"]})        # a rejected id landed, b lost
-    failed = {c.name for c in report.failed(report.reconcile_stream(produced, landed_bad, dead, wire))}
+    failed = {c.name for c in rc.failed(rc.reconcile_stream(produced, landed_bad, dead, wire))}
     assert failed == {"landed ids and rejected ids are disjoint", "landed rows = produced good readings (copies included)",
                       "produced ids = landed ids + rejected ids"}
 
@@ -254,17 +260,17 @@ def test_reconcile_lake_keeps_quarantined_copies():
     landing = pl.DataFrame({"device_id": ["d1", "d1", "d1", "u1", "u1"], "event_id": ["e1", "e1", "e2", "e3", "e3"]})
     clean = pl.DataFrame({"device_id": ["d1", "d1"], "event_id": ["e1", "e2"]})
     quarantine = pl.DataFrame({"device_id": ["u1", "u1"], "event_id": ["e3", "e3"]})
-    checks = {c.name: c for c in report.reconcile_lake(landing, clean, quarantine, report.LakeVersions(4, 4, 4))}
-    assert not report.failed(list(checks.values()))
+    checks = {c.name: c for c in rc.reconcile_lake(landing, clean, quarantine, rc.LakeVersions(4, 4, 4))}
+    assert not rc.failed(list(checks.values()))
     assert "duplicates removed 1" in checks["landed rows = clean + quarantined + duplicates removed"].detail
-    checks = report.reconcile_lake(landing, clean, quarantine.head(1), report.LakeVersions(4, 4, 3))
-    assert {c.name for c in report.failed(checks)} == {
+    checks = rc.reconcile_lake(landing, clean, quarantine.head(1), rc.LakeVersions(4, 4, 3))
+    assert {c.name for c in rc.failed(checks)} == {
         "clean and quarantine consumed the same landing version",
         "landed rows = clean + quarantined + duplicates removed",
         "quarantined rows = landed copies of quarantined readings"}
     # a landing version after the consumed one that lost a copy (the cleanse consumed v3 of v5)
-    checks = report.reconcile_lake(landing, clean, quarantine, report.LakeVersions(5, 3, 3), landing.tail(4))
-    assert {c.name for c in report.failed(checks)} == {"landing append-only since v3"}
+    checks = rc.reconcile_lake(landing, clean, quarantine, rc.LakeVersions(5, 3, 3), landing.tail(4))
+    assert {c.name for c in rc.failed(checks)} == {"landing append-only since v3"}
 
 
 # --- (b) latency --------------------------------------------------------------------------------
@@ -288,7 +294,7 @@ def test_latency_from_first_arrival_to_alert():
         "event_id": ["e1", "e1", "e2", "e3", "e2"],      # e1 replayed later; e2 of another device
         "timestamp_ingested": [_t(1), _t(100), _t(12), _t(21), _t(0)],
     })
-    lat = report.acute_latency(alerts, landing)
+    lat = rc.acute_latency(alerts, landing)
     assert (lat.alerts, lat.joined) == (4, 3)
     by_id = dict(zip(lat.per_alert["alert_id"].to_list(), lat.per_alert["latency_s"].to_list()))
     assert by_id == {"a1": 4.0, "a2": 8.0, "a3": 179.0, "a4": None}
@@ -307,13 +313,14 @@ def test_incidents_matched_to_their_expected_rule():
         "alert_id": ["hit", "wrong_rule", "unrelated"], "device_id": ["d1", "d2", "d7"],
         "rule": ["CURRENT_SPIKE", "CURRENT_SPIKE", "COOLING_LOSS"], "severity": ["CRITICAL"] * 3,
         "event_time": [_t(30), _t(30), _t(30)]})
-    m = report.match_incidents(alerts, truth)
+    m = rc.match_incidents(alerts, truth)
     assert m.incidents.height == 2 and m.alerted == 1
     assert m.incidents.filter(pl.col("device_id") == "d1")["delay_s"].to_list() == [30.0]
     assert sorted(m.unmatched_alerts["alert_id"].to_list()) == ["unrelated", "wrong_rule"]
 
 
-def test_late_alert_or_missed_incident_fails_the_run():
+def _late_alert_and_missed_incident() -> tuple[pl.DataFrame, pl.DataFrame, list[dict]]:
+    """Alerts, landing rows and stream incidents: d1 alerted in 4 s, d2 in 121 s, d3 never."""
     alerts = pl.DataFrame({
         "alert_id": ["a1", "a2"], "device_id": ["d1", "d2"], "rule": ["CURRENT_SPIKE", "PRESSURE_DROP"],
         "severity": ["CRITICAL"] * 2, "event_time": [_t(0), _t(10)], "detected_at": [_t(5), _t(10 + 121)],
@@ -323,12 +330,126 @@ def test_late_alert_or_missed_incident_fails_the_run():
               "start": _t(0).isoformat(), "end": _t(60).isoformat(), "start_s": _t(0).timestamp(),
               "end_s": _t(60).timestamp(), "source": "stream"}
              for d, r in (("d1", "CURRENT_SPIKE"), ("d2", "PRESSURE_DROP"), ("d3", "COOLING_LOSS"))]
-    checks = {c.name: c for c in report.latency_checks(report.acute_latency(alerts, landing),
-                                                       report.match_incidents(alerts, truth))}
+    return alerts, landing, truth
+
+
+def test_late_alert_or_missed_incident_fails_the_run():
+    alerts, landing, truth = _late_alert_and_missed_incident()
+    checks = {c.name: c for c in rc.latency_checks(rc.acute_latency(alerts, landing),
+                                                   rc.match_incidents(alerts, truth))}
     assert checks["acute alerts later than 120 s after arrival"].status == "FAIL"
     assert checks["acute alerts later than 120 s after arrival"].actual == 1
     assert checks["stream acute incidents with their rule's alert"].status == "FAIL"
     assert (checks["stream acute incidents with their rule's alert"].expected,
             checks["stream acute incidents with their rule's alert"].actual) == (3, 2)
     assert checks["acute alerts joined to the landing row of their triggering reading"].status == "OK"
-    assert report.failed(list(checks.values()))
+    assert rc.failed(list(checks.values()))
+
+
+# --- (c) rendering ------------------------------------------------------------------------------
+
+class _Tables(HTMLParser):
+    """The page's tables as rows of cell texts (character references decoded)."""
+
+    def __init__(self, page: str):
+        super().__init__()
+        self.tables: list[list[list[str]]] = []
+        self._cell: list[str] | None = None
+        self.feed(page)
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "table":
+            self.tables.append([])
+        elif tag == "tr":
+            self.tables[-1].append([])
+        elif tag in ("td", "th"):
+            self._cell = []
+
+    def handle_endtag(self, tag):
+        if tag in ("td", "th"):
+            self.tables[-1][-1].append("".join(self._cell))
+            self._cell = None
+
+    def handle_data(self, data):
+        if self._cell is not None:
+            self._cell.append(data)
+
+    def rows(self, *header: str) -> list[list[str]]:
+        """The body rows of the one table whose header starts with ``header``."""
+        found = [t for t in self.tables if t and t[0][:len(header)] == list(header)]
+        assert len(found) == 1, f"{len(found)} tables with header {header}"
+        return found[0][1:]
+
+
+def test_html_page_shows_each_check_and_every_table_row(copy, capsys):
+    (copy / "maintenance.json").write_text(json.dumps({"tables": {
+        "raw_sensor_readings": {"files_before": 1234, "files_after": 12, "vacuumed_files": 1222},
+        "alerts": {"files_before": 5, "files_after": 1, "vacuumed_files": 0}}}))
+    title = "fleet <night> & co"
+    args = ["--maintenance_json", str(copy / "maintenance.json"), "--title", title]
+    assert _run(copy, *args, traces=1) == 0
+    out = capsys.readouterr().out
+    page = (copy / "report.html").read_text()
+    tables = _Tables(page)
+    data = inputs.gather(report.parse_args(["--lake", str(copy / "lake"), "--max_traces", "1", *args]))
+    assert tables.rows("", "part", "check") == [
+        [c.status, c.section, c.name, rc.count(c.expected), rc.count(c.actual), c.detail] for c in data.checks]
+    assert len(data.checks) == 22 and page.count('<td class="OK">OK</td>') == 21
+    assert page.count('<td class="INFO">INFO</td>') == 1
+    for c in data.checks:
+        if not c.name.startswith("dead-letter rows"):
+            line = f"  [{c.status:<4}] {c.section}: {c.name}: expected {rc.count(c.expected)}, got {rc.count(c.actual)}"
+            assert line in out
+    assert [r[0] for r in tables.rows("run", "")] == ["lake", "generated", "devices", "history (backfill)", "stream"]
+    assert tables.rows("run", "")[2] == ["devices", "6 (6 active)"]
+    landing = lake_io.open_table(str(copy / "lake"), "raw_sensor_readings")
+    assert ["raw_sensor_readings", f"{landing.version()}", f"{landing.to_pyarrow_table().num_rows:,}"] in \
+        tables.rows("table", "version", "rows")
+    assert tables.rows("lake upkeep (pipelines.maintain)") == [["alerts", "5", "1", "0"],
+                                                              ["raw_sensor_readings", "1,234", "12", "1,222"]]
+    assert tables.rows("rule", "severity", "alerts") == [["CURRENT_SPIKE", "CRITICAL", "1"],
+                                                          ["MODEL_ENSEMBLE", "WARNING", "1"]]
+    models = ["isolation_forest", "autoencoder", "statistical", "ensemble"]
+    detection = tables.rows("mode", "category", "incidents", *models)
+    assert [r[0] for r in detection] == ev.MODE_ORDER
+    assert all(re.fullmatch(r"\d+/\d+ detected · precision \S+ · median delay \S+( h)?", cell)
+               for r in detection for cell in r[3:])
+    assert [r[0] for r in tables.rows("model", "version", "normal windows")] == models
+    acute = next(a for a in data.alerts.to_dicts() if a["alert_id"] == "acute-1")
+    assert tables.rows("device", "rule (no matching incident)", "event time") == [
+        [acute["device_id"], "CURRENT_SPIKE", str(acute["event_time"])]]
+    assert f"<h1>{html.escape(title, quote=False)}</h1>" in page and "<night>" not in page     # autoescaped
+    assert page.count("<h3>") == 1 and "no data for this figure" not in page
+
+
+def test_html_page_of_incidents_and_missing_data(tmp_path):
+    """Hand-made report inputs: rows of the incident table, a failing check, and the sections
+    without data say so."""
+    alerts, landing, truth = _late_alert_and_missed_incident()
+    latency, incidents = rc.acute_latency(alerts, landing), rc.match_incidents(alerts, truth)
+    facts = {"lake": "/lake", "generated_at": "now", "devices": 1200, "active_devices": 1100, "tables": {},
+             "history_days": 1.5, "history_rows": 12345, "stream_minutes": 2.0, "stream_rows": 0}
+    data = inputs.ReportData("/lake", "t", tmp_path, facts, rc.latency_checks(latency, incidents), alerts,
+                             detection_error="no scores table", latency=latency, incidents=incidents)
+    page = render.render_html(data, {})
+    tables = _Tables(page)
+    assert tables.rows("device", "mode", "expected rule") == [
+        ["d1", "current_spike", "CURRENT_SPIKE", _t(0).isoformat(), "yes", "0.0 s"],
+        ["d2", "pressure_drop", "PRESSURE_DROP", _t(0).isoformat(), "yes", "10.0 s"],
+        ["d3", "cooling_loss", "COOLING_LOSS", _t(0).isoformat(), "NO", "-"]]
+    assert tables.rows("run", "")[2:4] == [["devices", "1,200 (1,100 active)"],
+                                           ["history (backfill)", "1.50 days, 12,345 landed rows"]]
+    assert tables.rows("", "part", "check")[1:] == [
+        ["OK", "latency", "acute alerts joined to the landing row of their triggering reading", "2", "2", ""],
+        ["FAIL", "latency", "acute alerts later than 120 s after arrival", "0", "1",
+         "p50 62.5 s, p99 119.8 s, max 121.0 s"]]
+    assert "<span class='FAIL'>&nbsp;FAIL&nbsp;</span>" in page and page.count('<td class="FAIL">FAIL</td>') == 2
+    assert ("<p>2 acute alerts, 2 joined to their triggering reading's landing row; p50 62.5 s, p99 119.8 s, "
+            "max 121.0 s; 1 over the 120 s requirement.</p>") in page
+    assert ("stream acute incidents that got their expected rule's alert: 2/3; "
+            "acute alerts matching no incident: 0") in page
+    assert page.count("no data for this figure") == 3 and "no failures in the ground truth" in page
+    assert "(- windows)</h2><p class='muted'>no scores table</p>" in page
+    summary = render.console_summary(data, "out.html")
+    assert "  [FAIL] latency: acute alerts later than 120 s after arrival: expected 0, got 1" in summary
+    assert summary.endswith("reconciliation FAILED; report: out.html")

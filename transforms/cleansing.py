@@ -74,7 +74,7 @@ LANDING = "raw_sensor_readings"
 CLEAN = "clean_sensor_readings"
 QUARANTINE = "quarantine"
 DEVICES = "devices"
-APP = "cleanse"
+APP = lake.CLEANSE_APP
 
 GOOD, SUSPECT, BAD = contracts.QUALITY_LEVELS
 OUT_OF_RANGE = "out_of_range"

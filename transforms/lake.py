@@ -109,6 +109,9 @@ from deltalake.writer import AddAction, DeltaJSONEncoder, get_file_stats_from_me
 COMMIT_ID = "fleet.commit_id"
 COMMIT_APP = "fleet.app"
 COMMIT_INPUTS = "fleet.inputs"
+# The app the cleanse stamps on its commits, here rather than in transforms.cleansing so that the
+# report finds the cleanse's inputs without importing Beam.
+CLEANSE_APP = "cleanse"
 # Statistics of every column, also past delta-rs' default of the first 32: a checkpoint (and so
 # compaction, delta-rs' checkpoint every 100 commits) fails on a table whose non-nullable columns
 # lack statistics ("unmasked nulls in non-nullable StructArray child"; features has 47 columns).
