@@ -13,7 +13,9 @@ Elements are blocks of windows (numpy matrices), not single rows. Output, one De
 per run, idempotent by commit id: ``scores`` (one row per window x model and the ensemble, with the
 model version, score, threshold, is_anomaly and the top contributing features of anomalous windows)
 and ``alerts`` (rule MODEL_ENSEMBLE: WARNING when an anomalous episode of a device starts, HIGH when
-it first reaches HIGH). Rerunning with nothing new is a no-op; after a crash between the two
+it first reaches HIGH; an alert already in the table, e.g. of a window rescored after late data, is
+not written again: its id is deterministic, so only the model alerts of the scored windows' days
+are read, as a bounded side input). Rerunning with nothing new is a no-op; after a crash between the two
 commits the rerun completes the lagging table with the same inputs and model versions.
 
 examples:
@@ -35,11 +37,13 @@ import apache_beam as beam
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
+from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from models import ensemble, registry
 from pipelines import cli
 from transforms import delta, lake
+from transforms.arrow import ReadParquetChunks, SideTable
 from transforms.scoring import APP, ModelRef, ScoreWindows
 
 log = logging.getLogger("score")
@@ -141,13 +145,98 @@ def prior_state(lake_root: str, window_size: str, files: list[delta.DeltaFile], 
     return {d: v for d, v in out.items() if v["severity"]}
 
 
-def known_model_alerts(lake_root: str) -> frozenset:
-    """Ids of the model alerts already in the alerts table (a rescored window does not alert twice)."""
+MODEL_ALERT_RULE = "MODEL_ENSEMBLE"
+# alert ids are deterministic from (device, rule, severity, window start): only a model alert whose
+# event time lies in the scored windows' days can collide; the margin absorbs stats rounding
+KNOWN_ALERT_MARGIN = dt.timedelta(days=1)
+
+
+def scored_span(files: list[delta.DeltaFile], margin: dt.timedelta = KNOWN_ALERT_MARGIN
+                ) -> tuple[dt.datetime, dt.datetime] | None:
+    """[lo, hi) of event times the model alerts of these feature files can have: their ``date``
+    partitions (the UTC date of window_start), widened by ``margin``."""
+    dates = [dict(f.partition_values).get("date") for f in files]
+    if not dates:
+        return None
+    dates = [d if isinstance(d, dt.date) else dt.date.fromisoformat(str(d)) for d in dates]
+    midnight = dt.time(tzinfo=dt.timezone.utc)
+    return (dt.datetime.combine(min(dates), midnight) - margin,
+            dt.datetime.combine(max(dates) + dt.timedelta(days=1), midnight) + margin)
+
+
+def _overlaps(lo, hi, low, high) -> bool:
+    """Could a file whose column stats are [low, high] hold a value in [lo, hi]? (no stats: yes)"""
+    return (low is None or low <= hi) and (high is None or high >= lo)
+
+
+def alert_files_in_span(lake_root: str, span: tuple[dt.datetime, dt.datetime] | None) -> list[str]:
+    """The alerts table's data files that can hold a model alert with event time in ``span``, by the
+    per-file min/max statistics of the Delta log (the table is not partitioned): older alerts and
+    files of acute alerts only are never opened."""
     alerts = lake.open_table(lake_root, "alerts")
-    if alerts is None:
-        return frozenset()
-    ids = alerts.to_pyarrow_dataset().to_table(filter=pads.field("rule") == "MODEL_ENSEMBLE", columns=["alert_id"])
-    return frozenset(ids["alert_id"].to_pylist())
+    if alerts is None or span is None:
+        return []
+    adds = alerts.get_add_actions(flatten=True).to_pydict()
+    n = len(adds["path"])
+    col = lambda name: adds.get(name) or [None] * n  # noqa: E731 - a file written without stats
+    root = lake.table_uri(lake_root, "alerts")
+    lo, hi = span
+    return sorted(f"{root}/{path}" for path, t_lo, t_hi, r_lo, r_hi in zip(
+        adds["path"], col("min.event_time"), col("max.event_time"), col("min.rule"), col("max.rule"))
+        if _overlaps(lo, hi, t_lo, t_hi) and _overlaps(MODEL_ALERT_RULE, MODEL_ALERT_RULE, r_lo, r_hi))
+
+
+class _ModelAlertIdsInSpan(beam.DoFn):
+    """A chunk of alert rows -> the ids of its model alerts with event time in [lo, hi)."""
+
+    def __init__(self, span: tuple[dt.datetime, dt.datetime]):
+        self._lo, self._hi = span
+        self._read = Metrics.counter(APP, "alert_rows_read")
+        self._known = Metrics.counter(APP, "known_alerts_read")
+
+    def process(self, rows: pa.Table):
+        self._read.inc(rows.num_rows)
+        ts = rows["event_time"]
+        keep = pc.and_(pc.equal(rows["rule"], MODEL_ALERT_RULE),
+                       pc.and_(pc.greater_equal(ts, pa.scalar(self._lo, ts.type)), pc.less(ts, pa.scalar(self._hi, ts.type))))
+        ids = rows.filter(keep).select(["alert_id"])
+        self._known.inc(ids.num_rows)
+        if ids.num_rows:
+            yield ids
+
+
+class KnownModelAlerts(beam.PTransform):
+    """Ids of the model alerts already written with event time in ``span``, as bounded Arrow chunks
+    (a side input for :class:`_DropKnownAlerts`): read from the alerts files that can hold them."""
+
+    def __init__(self, lake_root: str, span: tuple[dt.datetime, dt.datetime] | None):
+        super().__init__()
+        self._uris = alert_files_in_span(lake_root, span)
+        self._span = span
+
+    def expand(self, pbegin):
+        uris = pbegin | "AlertFiles" >> beam.Create(self._uris)
+        if not self._uris:
+            return uris
+        return (uris
+                | "ReadAlerts" >> ReadParquetChunks(columns=["alert_id", "rule", "event_time"], site="known_alerts")
+                | "InSpan" >> beam.ParDo(_ModelAlertIdsInSpan(self._span)))
+
+
+class _DropKnownAlerts(beam.DoFn):
+    """Drops the alerts already in the alerts table (e.g. a window rescored after late data)."""
+
+    def __init__(self):
+        self._known = SideTable(lambda tables: pa.concat_tables(tables)["alert_id"].combine_chunks().unique()
+                                if tables else pa.array([], pa.string()))
+        self._dropped = Metrics.counter(APP, "alerts_already_written")
+
+    def process(self, alerts: pa.Table, known):
+        is_known = pc.is_in(alerts["alert_id"], value_set=self._known.get(known))
+        dropped = pc.sum(is_known).as_py() or 0
+        self._dropped.inc(dropped)
+        if dropped < alerts.num_rows:
+            yield alerts.filter(pc.invert(is_known)) if dropped else alerts
 
 
 class _ReadFeatureFile(beam.DoFn):
@@ -201,8 +290,10 @@ def run(argv: list[str] | None = None) -> dict:
                                            block_rows=opts.block_rows, high_factor=opts.high_factor,
                                            top_k=opts.top_k, episode_gap=opts.episode_gap,
                                            prior=prior_state(opts.lake, plan.window_size, plan.files, prior_version,
-                                                             opts.high_factor),
-                                           known_alerts=known_model_alerts(opts.lake))
+                                                             opts.high_factor))
+    known = pipeline | "KnownAlerts" >> KnownModelAlerts(opts.lake, scored_span(plan.files))
+    out = {**out, "alerts": out["alerts"] | "DropKnownAlerts" >> beam.ParDo(_DropKnownAlerts(),
+                                                                            beam.pvalue.AsList(known))}
     for table in plan.tables:
         out[table] | f"Write_{table}" >> delta.WriteDelta(opts.lake, table, app=plan.app,
                                                           commit_id=plan.commit_id(table), inputs=plan.inputs())
@@ -210,8 +301,11 @@ def run(argv: list[str] | None = None) -> dict:
     if cli.is_dry_run(options):
         return {"dry_run": True}
     result.wait_until_finish()
+    counters = cli.metric_counters(result, APP)
+    # "alerts" counts the alerts the episodes raised; those already in the table are not written again
+    counters["alerts"] = counters.get("alerts", 0) - counters.get("alerts_already_written", 0)
     summary = {"features_versions": [plan.after, plan.upto], "window_size": plan.window_size,
-               "models": plan.inputs()["models"], "tables": plan.tables, **cli.metric_counters(result, APP),
+               "models": plan.inputs()["models"], "tables": plan.tables, **counters,
                "commits": {t: lake.find_commit(opts.lake, t, plan.commit_id(t)) for t in plan.tables},
                "elapsed_s": round(time.monotonic() - started, 2)}
     print("SCORE_SUMMARY " + json.dumps(summary, sort_keys=True))

@@ -178,3 +178,26 @@ def test_evaluate_counts_recall_precision_and_delay():
     assert (cs["detected"], cs["median_delay_h"]) == (1, pytest.approx(0.8))
     assert (cl["incidents"], cl["detected"], cl["recall"]) == (1, 0, 0.0)
     assert report["false_positive_windows"] == 1 and report["precision"] == 4 / 5
+
+
+def test_model_alert_dedup_reads_only_the_scored_span(scoring_lake, models_root, fleet):
+    """Known model alerts come from the scored windows' days only (an old alert's file is never
+    opened), and rescoring the same windows (features rewritten after late data) raises no alert twice."""
+    from schemas import contracts
+    lake = scoring_lake
+    first = _score(lake, models_root)
+    written = lake_io.read(lake, "alerts")
+    assert written.num_rows == first["alerts"] > 0
+    old = dict(written.to_pylist()[0], alert_id="old-alert", event_time=START - dt.timedelta(days=60))
+    lake_io.append(lake, "alerts", pa.Table.from_pylist([old], schema=contracts.ALERTS))
+    assert len(score_pipeline.alert_files_in_span(lake, score_pipeline.scored_span(
+        score_pipeline.plan_run(lake, models_root, "1h").files))) == 0       # nothing new to score yet
+    # the same windows again as a new features version: scored again, alerts deduplicated
+    lake_io.append(lake, "features", _between(fleet[0], SPLIT, MIDDLE))
+    second = _score(lake, models_root)
+    assert second["features_versions"] == [0, 1]
+    assert second["alert_rows_read"] == second["known_alerts_read"] == written.num_rows   # not the old one
+    assert second["alerts"] == 0 and 0 < second["alerts_already_written"] <= written.num_rows
+    after = lake_io.read(lake, "alerts")
+    assert after.num_rows == written.num_rows + 1
+    assert len(set(after["alert_id"].to_pylist())) == after.num_rows
