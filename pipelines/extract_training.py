@@ -11,6 +11,12 @@ however much the streaming pipeline appends meanwhile (MVCC: the reader's snapsh
 Features (``--kind features``) come from the features table as of a version or timestamp,
 for windows with ``--start <= window_start < --end`` of one ``--window_size``.
 
+Per-device spans (``--spans FILE``, instead of ``--start/--end``): time spans per device or per
+device model, e.g. known-good periods or the first hours after commissioning (format:
+pipelines/training_spans.py). Each device's rows are kept inside its own spans only; ``--devices``
+still filters. The spec, and so the manifest and the dataset id, records the resolved per-device
+spans, the spans file's sha256 and the registry version that resolved models.
+
 Output: ``<output>/<dataset_id>/`` with ``part-<shard>.parquet`` files (rows sorted by a total
 order, fixed Parquet writer settings, no wall-clock values) and ``manifest.json`` (parameters, the
 Delta version read, the landing and archive files read, every output file with rows and sha256).
@@ -22,6 +28,7 @@ examples:
   python -m pipelines.extract_training --kind features --window_size 1h --start 2026-10-18 --end 2026-10-22
   python -m pipelines.extract_training --devices dev-00001,dev-00002 --sensors vibration \\
       --start 2026-06-01 --end 2026-10-01 --as_of_timestamp 2026-10-02T00:00:00
+  python -m pipelines.extract_training --kind features --spans known_good.csv --devices dev-00001
 """
 from __future__ import annotations
 
@@ -44,7 +51,7 @@ import pyarrow.parquet as pq
 from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipelines import archive, cli
+from pipelines import archive, cli, training_spans
 from schemas import contracts
 from transforms import lake
 from transforms.arrow import DEFAULT_BOUND, ChunkBound, ElementSizes, Gather, keyed_chunks
@@ -77,9 +84,16 @@ class ExtractSpec:
     archive_slack_days: int = 30             # raw only: archive date partitions read before --start
     table_id: str = ""                       # the Delta table's id: the same version number of another
                                              # table (another lake) is other data
+    spans: tuple[tuple[str, str, str], ...] = ()   # per-device (device_id, start, end); start/end: their envelope
+    spans_sha256: str = ""                   # of the --spans file
+    registry_version: int = -1               # registry version that resolved model spans
 
     def dataset_id(self) -> str:
-        digest = hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
+        fields = asdict(self)
+        if not self.spans:       # a dataset without spans keeps the id it had before spans existed
+            for name in ("spans", "spans_sha256", "registry_version"):
+                fields.pop(name)
+        digest = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
         return f"{self.kind}-{self.start[:10]}-{self.end[:10]}-v{self.version}-{digest}"
 
     @property
@@ -172,6 +186,8 @@ def _filter(data: pa.Table, spec: ExtractSpec) -> pa.Table:
         mask = pc.and_(mask, pc.equal(data["window_size"], spec.window_size))
     if spec.devices:
         mask = pc.and_(mask, pc.is_in(data["device_id"], pa.array(spec.devices, pa.string())))
+    if spec.spans:
+        mask = pc.and_(mask, training_spans.in_spans(data["device_id"], t, spec.spans))
     return data.filter(mask)
 
 
@@ -411,6 +427,9 @@ class ExtractOptions(PipelineOptions):
         g.add_argument("--end", required=False, default=None,
                        help="exclusive end, ISO UTC (default: the start of today, UTC)")
         g.add_argument("--devices", default="", help="comma-separated device ids (default: all)")
+        g.add_argument("--spans", default=None,
+                       help="CSV/JSON of per-device or per-model time spans (device_id|model, start, end), "
+                            "instead of --start/--end; see pipelines/training_spans.py")
         g.add_argument("--sensors", default="", help="comma-separated sensor types (default: all)")
         g.add_argument("--as_of_version", "--as-of-version", dest="as_of_version", type=int, default=None,
                        help="hot-tier Delta version to read (default: the latest when the run starts)")
@@ -427,26 +446,40 @@ class ExtractOptions(PipelineOptions):
 
 def make_spec(lake_root: str, kind: str, start: str, end: str | None = None, devices: str = "", sensors: str = "",
               as_of_version: int | None = None, as_of_timestamp: str | None = None, window_size: str = "1h",
-              shards_per_day: int = 1, archive_slack_days: int = 30) -> ExtractSpec:
-    """An ExtractSpec from command-line style values, with the hot table's version resolved."""
+              shards_per_day: int = 1, archive_slack_days: int = 30, spans: str | None = None) -> ExtractSpec:
+    """An ExtractSpec from command-line style values, with the hot table's version (and the
+    per-device spans of a ``spans`` file) resolved."""
+    split = lambda s: tuple(sorted({x.strip() for x in (s or "").split(",") if x.strip()}))  # noqa: E731
+    resolved = None
+    if spans:
+        if start or end:
+            raise SystemExit("extract_training: give --spans or --start/--end, not both")
+        try:
+            resolved = training_spans.resolve(lake_root, spans, split(devices))
+        except (OSError, training_spans.SpansError) as exc:
+            raise SystemExit(f"extract_training: --spans {spans}: {exc}") from None
+        start, end = training_spans.envelope(resolved.spans)
+        devices = ",".join(sorted({d for d, _, _ in resolved.spans}))
     if not start:
-        raise SystemExit("extract_training: --start is required")
+        raise SystemExit("extract_training: --start (or --spans) is required")
     end_dt = cli.utc_datetime(end) if end else dt.datetime.now(dt.timezone.utc).replace(
         hour=0, minute=0, second=0, microsecond=0)
     table = LANDING if kind == "raw" else FEATURES
     version = resolve_version(lake_root, table, as_of_version, as_of_timestamp)
     opened = lake.open_table(lake_root, table)
     table_id = opened.metadata().id if opened is not None else ""
-    split = lambda s: tuple(sorted({x.strip() for x in (s or "").split(",") if x.strip()}))  # noqa: E731
     return ExtractSpec(kind=kind, start=cli.utc_datetime(start).isoformat(), end=end_dt.isoformat(),
                        devices=split(devices), sensors=split(sensors), version=version, window_size=window_size,
                        shards_per_day=shards_per_day, archive_slack_days=archive_slack_days,
-                       table_id=str(table_id))
+                       table_id=str(table_id), **({} if resolved is None else {
+                           "spans": resolved.spans, "spans_sha256": resolved.sha256,
+                           "registry_version": resolved.registry_version}))
 
 
 def spec_from(opts) -> ExtractSpec:
     return make_spec(opts.lake, opts.kind, opts.start, opts.end, opts.devices, opts.sensors, opts.as_of_version,
-                     opts.as_of_timestamp, opts.window_size, opts.shards_per_day, opts.archive_slack_days)
+                     opts.as_of_timestamp, opts.window_size, opts.shards_per_day, opts.archive_slack_days,
+                     opts.spans)
 
 
 def run(argv: list[str] | None = None) -> tuple[str, dict]:

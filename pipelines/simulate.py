@@ -4,7 +4,11 @@ Writes the device registry, backfills history straight into the landing table (D
 per simulated day) and the cold archive (Parquet), and/or streams live readings into Kafka at a
 given pace, as single readings and gateway batches. It injects labelled failure modes (acute,
 gradual) and data faults, and writes the ground truth to a separate JSON Lines file. The same
---seed gives the same registry, readings, messages and ground truth.
+--seed gives the same registry, readings, messages and ground truth, also on another day: the simulated
+clock ends at a fixed ``--end`` (default DEFAULT_END, not the wall clock), since the readings' noise
+and daily cycles depend on absolute time. A live stream runs on the wall clock by default (its
+readings carry times just before they arrive, as a real fleet's do); ``--stream-start end``
+continues right after the history instead, so that the live readings are the same on every day too.
 
 examples:
   # 200 devices, 14 days of history at one reading per sensor per minute
@@ -34,6 +38,34 @@ from schemas.sensors import SENSOR_TYPES
 from transforms import lake
 
 log = logging.getLogger("simulate")
+UTC = dt.timezone.utc
+DEFAULT_END = dt.datetime(2026, 11, 30, tzinfo=UTC)     # fixed: the same seed gives the same data every day
+
+
+def _wall_now() -> dt.datetime:
+    return dt.datetime.now(UTC)
+
+
+def _end_arg(text: str) -> dt.datetime:
+    """--end: an ISO date/time (UTC), or ``today`` (00:00 UTC of the wall clock's day)."""
+    if text == "today":
+        return _wall_now().replace(hour=0, minute=0, second=0, microsecond=0)
+    return cli.utc_datetime(text)
+
+
+def _stream_start_arg(text: str) -> dt.datetime | str:
+    return text if text == "end" else cli.utc_datetime(text)
+
+
+def stream_start(requested: dt.datetime | str | None, history_end: dt.datetime, sim_seconds: float,
+                 wall_seconds: float) -> dt.datetime:
+    """The live stream's simulated start: as given; ``end``: the history's end; default: so that the
+    simulated clock reaches the wall clock as the stream ends (readings never arrive before their time)."""
+    if requested == "end":
+        return history_end
+    if requested is not None:
+        return requested
+    return _wall_now().replace(microsecond=0) - dt.timedelta(seconds=sim_seconds - wall_seconds)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -53,8 +85,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
     g = p.add_argument_group("backfill (history straight into the lake)")
     g.add_argument("--backfill-days", type=float, default=0, help="days of history to write (0: none)")
-    g.add_argument("--backfill-end", type=cli.utc_datetime, default=None,
-                   help="end of the history, UTC (default: today 00:00 UTC)")
+    g.add_argument("--end", "--backfill-end", dest="backfill_end", type=_end_arg, default=DEFAULT_END,
+                   help="end of the simulated history, UTC; fixed by default so that the data does not depend on "
+                        "the day of the run ('today': 00:00 UTC of the wall clock's day)")
     g.add_argument("--archive-days", type=float, default=0,
                    help="the oldest days of the history go to the Parquet archive instead of landing")
 
@@ -62,9 +95,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--stream", action="store_true", help="produce live readings to Kafka")
     g.add_argument("--bootstrap-servers", default="127.0.0.1:9092", help="Kafka bootstrap servers")
     g.add_argument("--topic", default="sensor.readings", help="Kafka topic for readings")
-    g.add_argument("--stream-start", type=cli.utc_datetime, default=None,
-                   help="simulated start time, UTC (default: so that the simulated clock reaches the wall "
-                        "clock as the stream ends: readings never arrive before their own time)")
+    g.add_argument("--stream-start", type=_stream_start_arg, default=None,
+                   help="simulated start time, UTC, or 'end': right after the history (--end), the same on "
+                        "every day (default: so that the simulated clock reaches the wall clock as the stream "
+                        "ends: readings never arrive before their own time)")
     g.add_argument("--stream-minutes", type=float, default=10.0, help="simulated minutes to produce")
     g.add_argument("--acceleration", type=float, default=1.0,
                    help="simulated seconds per wall-clock second (0: as fast as possible)")
@@ -144,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     truth_dir = Path(args.lake).parent / "ground_truth"
 
     if args.backfill_days:
-        end = args.backfill_end or dt.datetime.now(dt.timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0)
+        end = args.backfill_end
         start = end - dt.timedelta(days=args.backfill_days)
         incidents = plan_incidents(fleet, start, end, args.seed, args.interval, plan)
         incidents += _unknown_device_incidents(extra, start, end)
@@ -164,8 +198,7 @@ def main(argv: list[str] | None = None) -> int:
             per_sim_second = len(SENSOR_TYPES) * (len(fleet) + len(extra)) / args.interval
             acceleration = args.rate / per_sim_second
         wall_seconds = sim_seconds / acceleration if acceleration > 0 else 0
-        start = args.stream_start or (dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
-                                      - dt.timedelta(seconds=sim_seconds - wall_seconds))
+        start = stream_start(args.stream_start, args.backfill_end, sim_seconds, wall_seconds)
         end = start + dt.timedelta(seconds=sim_seconds)
         incidents = plan_incidents(fleet, start, end, args.seed + 1, args.interval, plan)
         incidents += _unknown_device_incidents(extra, start, end)

@@ -139,3 +139,91 @@ def test_features_extraction_is_point_in_time_and_reproducible(lake, tmp_path):
     assert data.num_rows == features.filter(pc.less(features["window_start"], day)).num_rows
     assert "vibration_mean" in data.column_names and "compressor_current_mean" not in data.column_names
     assert manifest["inputs"]["table"] == "features" and manifest["inputs"]["version"] == first
+
+
+def _span_fixture(lake: str, days: int = 3):
+    """Synthetic features of 6 devices over `days` days in one commit, and the fleet's registry."""
+    from models import synthetic
+    from pipelines.simulation import fleet as fleet_mod
+    start = dt.datetime(2026, 10, 1, tzinfo=UTC)
+    features, _ = synthetic.fleet_features(6, start, days, seed=3)
+    lake_io.append(lake, "features", features)
+    registry = fleet_mod.registry_table(fleet_mod.make_fleet(6, 3))
+    commissioned = [start + dt.timedelta(hours=5 * i) for i in range(registry.num_rows)]
+    registry = registry.set_column(registry.schema.get_field_index("commissioned_at"), "commissioned_at",
+                                   pa.array(commissioned, registry.schema.field("commissioned_at").type))
+    lake_io.overwrite(lake, "devices", registry)
+    return features, registry
+
+
+def _rows_in(features: pa.Table, spans: dict[str, list[tuple[dt.datetime, dt.datetime]]]) -> list[tuple]:
+    """Reference: (device, window_start) of the windows inside their device's spans, row by row."""
+    return sorted((d, w) for d, w in zip(features["device_id"].to_pylist(), features["window_start"].to_pylist())
+                  if any(lo <= w < hi for lo, hi in spans.get(d, [])))
+
+
+def test_spans_per_device_give_exactly_those_rows_pinned_and_reproducible(lake, tmp_path):
+    features, _ = _span_fixture(lake)
+    devices = sorted(set(features["device_id"].to_pylist()))
+    a, b, c = devices[:3]
+    t = lambda day, hour: dt.datetime(2026, 10, day, hour, tzinfo=UTC)  # noqa: E731
+    spans_file = tmp_path / "spans.csv"
+    spans_file.write_text("device_id,start,end\n"
+                          f"{a},2026-10-01T00:00:00,2026-10-01T06:00:00\n"
+                          f"{a},2026-10-02T12:00:00,+1h\n"              # a second span of the same device
+                          f"{a},2026-10-01T05:00:00,2026-10-01T08:00:00\n"  # overlaps the first: merged
+                          f"{b},2026-10-03,2026-10-04\n"
+                          f"{c},2026-10-02,2026-10-03\n")
+    args = ["--lake", lake, "--kind", "features", "--spans", str(spans_file), "--devices", f"{a},{b}"]
+    d1, m1 = et.run(args + ["--output", str(tmp_path / "one")])
+    d2, m2 = et.run(args + ["--output", str(tmp_path / "two")])
+    data, manifest = et.read_dataset(d1)
+    expected = {a: [(t(1, 0), t(1, 8)), (t(2, 12), t(2, 13))], b: [(t(3, 0), t(4, 0))]}    # c: not in --devices
+    assert data.num_rows == len(_rows_in(features, expected)) > 0
+    assert sorted(zip(data["device_id"].to_pylist(), data["window_start"].to_pylist())) == _rows_in(features, expected)
+    # the manifest pins the resolved spans and the file they came from
+    assert manifest["spec"]["spans"] == [[d, lo.isoformat(), hi.isoformat()] for d in (a, b) for lo, hi in expected[d]]
+    assert manifest["spec"]["spans_sha256"] == hashlib.sha256(spans_file.read_bytes()).hexdigest()
+    assert manifest["spec"]["devices"] == [a, b]
+    # byte-identical output; other spans are another dataset
+    assert os.path.basename(d1) == os.path.basename(d2) and _files(d1) == _files(d2) and m1 == m2
+    spans_file.write_text(spans_file.read_text().replace("+1h", "+2h"))
+    d3, m3 = et.run(args + ["--output", str(tmp_path / "three")])
+    assert os.path.basename(d3) != os.path.basename(d1) and m3["rows"] == m1["rows"] + 1
+
+
+def test_spans_per_model_from_commissioning_with_device_override(lake, tmp_path):
+    features, registry = _span_fixture(lake)
+    by_model = {}
+    for d, m, c in zip(*[registry[k].to_pylist() for k in ("device_id", "model", "commissioned_at")]):
+        by_model.setdefault(m, []).append((d, c))
+    model, members = max(by_model.items(), key=lambda kv: len(kv[1]))
+    override = members[0][0]
+    spans_file = tmp_path / "spans.json"
+    spans_file.write_text(json.dumps({"spans": [
+        {"model": model, "start": "commissioned", "end": "+6h"},
+        {"device_id": override, "start": "2026-10-03T00:00:00", "end": "2026-10-03T02:00:00"}]}))
+    _, manifest = et.run(["--lake", lake, "--kind", "features", "--spans", str(spans_file),
+                          "--output", str(tmp_path / "out")])
+    expected = {d: [(c, c + dt.timedelta(hours=6))] for d, c in members if d != override}
+    expected[override] = [(dt.datetime(2026, 10, 3, tzinfo=UTC), dt.datetime(2026, 10, 3, 2, tzinfo=UTC))]
+    data, _ = et.read_dataset(os.path.join(str(tmp_path / "out"), manifest["dataset_id"]))
+    assert sorted(zip(data["device_id"].to_pylist(), data["window_start"].to_pylist())) == _rows_in(features, expected)
+    assert data.num_rows > 0 and manifest["spec"]["registry_version"] == lake_io.open_table(lake, "devices").version()
+
+
+def test_spans_bad_input_is_refused_readably(lake, tmp_path):
+    import pytest
+    _span_fixture(lake, days=1)
+    cases = {"device_id,model,start,end\nd1,CX-200,2026-10-01,2026-10-02\n": "exactly one of device_id or model",
+             "device_id,start,end\nd1,2026-10-02,2026-10-01\n": "is not after start",
+             "model,start,end\nNOPE,2026-10-01,+1d\n": "has no devices in the registry",
+             "device_id,start,end\nd1,yesterday,+1d\n": "is not an ISO date",
+             "device_id,start,end\n": "no spans"}
+    for i, (text, message) in enumerate(cases.items()):
+        path = tmp_path / f"bad{i}.csv"
+        path.write_text(text)
+        with pytest.raises(SystemExit, match=message):
+            et.run(["--lake", lake, "--kind", "features", "--spans", str(path), "--output", str(tmp_path)])
+    with pytest.raises(SystemExit, match="not both"):
+        et.run(["--lake", lake, "--kind", "features", "--spans", str(path), "--start", "2026-10-01"])

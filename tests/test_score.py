@@ -178,3 +178,71 @@ def test_evaluate_counts_recall_precision_and_delay():
     assert (cs["detected"], cs["median_delay_h"]) == (1, pytest.approx(0.8))
     assert (cl["incidents"], cl["detected"], cl["recall"]) == (1, 0, 0.0)
     assert report["false_positive_windows"] == 1 and report["precision"] == 4 / 5
+
+
+def test_model_alert_dedup_reads_only_the_scored_span(scoring_lake, models_root, fleet):
+    """Known model alerts come from the scored windows' days only (an old alert's file is never
+    opened), and rescoring the same windows (features rewritten after late data) raises no alert twice."""
+    from schemas import contracts
+    lake = scoring_lake
+    first = _score(lake, models_root)
+    written = lake_io.read(lake, "alerts")
+    assert written.num_rows == first["alerts"] > 0
+    old = dict(written.to_pylist()[0], alert_id="old-alert", event_time=START - dt.timedelta(days=60))
+    lake_io.append(lake, "alerts", pa.Table.from_pylist([old], schema=contracts.ALERTS))
+    assert len(score_pipeline.alert_files_in_span(lake, score_pipeline.scored_span(
+        score_pipeline.plan_run(lake, models_root, "1h").files))) == 0       # nothing new to score yet
+    # the same windows again as a new features version: scored again, alerts deduplicated
+    lake_io.append(lake, "features", _between(fleet[0], SPLIT, MIDDLE))
+    second = _score(lake, models_root)
+    assert second["features_versions"] == [0, 1]
+    assert second["alert_rows_read"] == second["known_alerts_read"] == written.num_rows   # not the old one
+    assert second["alerts"] == 0 and 0 < second["alerts_already_written"] <= written.num_rows
+    after = lake_io.read(lake, "alerts")
+    assert after.num_rows == written.num_rows + 1
+    assert len(set(after["alert_id"].to_pylist())) == after.num_rows
+
+
+def _keyed(t: pa.Table) -> list[tuple]:
+    cols = ["device_id", "window_start", "model", "model_version", "score", "threshold", "is_anomaly", "top_features"]
+    return sorted(zip(*[t[c].to_pylist() for c in cols]), key=lambda r: r[:4])
+
+
+def test_rescore_with_a_second_version_adds_rows_and_changes_none(scoring_lake, models_root, fleet, tmp_path):
+    import shutil
+    lake = scoring_lake
+    root = tmp_path / "models"
+    shutil.copytree(models_root, root)
+    assert _score(lake, str(root), "--rescore").get("nothing_to_do"), "nothing scored yet: nothing to rescore"
+    first = _score(lake, str(root))
+    before, alerts_before = lake_io.read(lake, "scores"), lake_io.read(lake, "alerts")
+    windows = _between(fleet[0], SPLIT, MIDDLE).num_rows
+    train(_between(fleet[0], START, SPLIT), {"dataset_id": "fixture"}, str(root),
+          TrainParams(threshold_quantile=0.99), ("statistical",))
+    challenger = "autoencoder=v0001,isolation_forest=v0001,statistical=v0002"
+
+    summary = _score(lake, str(root), "--rescore", "--model_version", "statistical=v0002")
+    assert summary["rescore"] and summary["tables"] == ["scores"]
+    assert summary["features_versions"] == first["features_versions"]
+    after = lake_io.read(lake, "scores")
+    # the models whose version the regular run used already have their rows: only the new ones are added
+    assert summary["scores_already_written"] == 2 * windows and summary["score_rows"] == 2 * windows
+    assert after.num_rows == before.num_rows + 2 * windows
+    added = after.filter(pc.invert(pc.is_in(after["model_version"], value_set=pa.array(
+        sorted(set(before["model_version"].to_pylist()))))))
+    assert sorted(set(zip(added["model"].to_pylist(), added["model_version"].to_pylist()))) == [
+        ("ensemble", challenger), ("statistical", "v0002")]
+    # no existing row changed, every (device, window, model, version) once, no alert raised
+    kept = after.filter(pc.is_in(after["model_version"], value_set=pa.array(sorted(set(before["model_version"].to_pylist())))))
+    assert _keyed(kept) == _keyed(before)
+    keys = score_pipeline.score_key(after).to_pylist()
+    assert len(set(keys)) == len(keys)
+    assert lake_io.read(lake, "alerts").num_rows == alerts_before.num_rows
+    assert lake_io.last_inputs(lake, "scores", "score.1h")["features"] == first["features_versions"]
+    # reruns: nothing new for the challenger nor for the regular runs
+    assert _score(lake, str(root), "--rescore", "--model_version", "statistical=v0002").get("nothing_to_do")
+    assert _score(lake, str(root), "--model_versions", "statistical=v0001").get("nothing_to_do")
+    with pytest.raises(SystemExit, match="unknown model"):
+        _score(lake, str(root), "--rescore", "--model_version", "forest=v0001")
+    with pytest.raises(SystemExit, match="NAME=VERSION"):
+        _score(lake, str(root), "--rescore", "--model_version", "statistical")

@@ -199,3 +199,34 @@ def test_wire_fault_messages(fault):
                  "invalid_device_id": lambda r: "/" in r["device_id"],
                  "oversized_reading": lambda r: len(orjson.dumps(r)) > 4096}[fault]
         assert check(bad_reading) and len(good) == 2
+
+
+def test_history_does_not_depend_on_the_day_of_the_run(tmp_path, monkeypatch):
+    """Without --end the history ends at the fixed DEFAULT_END: runs on two different days give
+    identical readings, archive and ground truth (the wall clock used to set the end)."""
+    from pipelines import simulate
+    lakes = []
+    for day in (dt.datetime(2026, 12, 2, 9, 30, tzinfo=UTC), dt.datetime(2027, 3, 15, 17, 5, tzinfo=UTC)):
+        monkeypatch.setattr(simulate, "_wall_now", lambda day=day: day)
+        lake = str(tmp_path / day.date().isoformat() / "lake")
+        run_simulator(lake, "--devices", "12", "--backfill-days", "2", "--archive-days", "1", "--interval", "300")
+        lakes.append(lake)
+    a, b = lakes
+    assert _landing(a).num_rows > 0 and _sorted(_landing(a)).equals(_sorted(_landing(b)))
+    assert _sorted(_archive(a)).equals(_sorted(_archive(b)))
+    assert (Path(a).parent / "ground_truth" / "backfill.jsonl").read_bytes() == \
+        (Path(b).parent / "ground_truth" / "backfill.jsonl").read_bytes()
+    newest = max(event_time_ms(_landing(a))) / 1000
+    assert simulate.DEFAULT_END.timestamp() - 300 <= newest < simulate.DEFAULT_END.timestamp()
+
+
+def test_stream_start_follows_the_history_or_the_wall_clock(monkeypatch):
+    from pipelines import simulate
+    now = dt.datetime(2027, 1, 5, 12, 0, 0, tzinfo=UTC)
+    monkeypatch.setattr(simulate, "_wall_now", lambda: now)
+    end = simulate.parse_args(["--stream", "--stream-start", "end"])
+    assert end.backfill_end == simulate.DEFAULT_END
+    assert simulate.stream_start(end.stream_start, end.backfill_end, 5400, 180) == simulate.DEFAULT_END
+    live = simulate.parse_args(["--stream"])
+    assert simulate.stream_start(live.stream_start, live.backfill_end, 5400, 180) == now - dt.timedelta(seconds=5220)
+    assert simulate.parse_args(["--backfill-days", "1", "--end", "today"]).backfill_end == dt.datetime(2027, 1, 5, tzinfo=UTC)
