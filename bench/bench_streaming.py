@@ -189,10 +189,10 @@ def produce(args, lake: str, topic: str, phase: str, start: dt.datetime, rate: f
     sim_minutes = simulated_seconds(args, rate, wall_s) / 60
     out = subprocess.run(
         [sys.executable, "-m", "pipelines.simulate", "--lake", lake, "--devices", str(args.devices), "--stream",
-         "--topic", topic, "--bootstrap-servers", args.bootstrap_servers, "--interval", str(args.interval),
-         "--stream-start", start.isoformat(), "--stream-minutes", f"{sim_minutes:.3f}", "--rate", str(rate),
-         "--batch-size", str(args.batch_size), "--single-fraction", str(args.single_fraction),
-         "--ground-truth", str(Path(lake).parent / f"truth-{phase}.jsonl"), *extra],
+         "--topic", topic, "--bootstrap_servers", args.bootstrap_servers, "--interval", str(args.interval),
+         "--stream_start", start.isoformat(), "--stream_minutes", f"{sim_minutes:.3f}", "--rate", str(rate),
+         "--batch_size", str(args.batch_size), "--single_fraction", str(args.single_fraction),
+         "--ground_truth", str(Path(lake).parent / f"truth-{phase}.jsonl"), *extra],
         cwd=PROJECT_ROOT, capture_output=True, text=True)
     done = re.search(r"stream done: (\d+) messages, (\d+) readings in ([\d.]+) s \((\d+) readings/s\)", out.stderr)
     if out.returncode or not done:
@@ -204,7 +204,7 @@ def produce(args, lake: str, topic: str, phase: str, start: dt.datetime, rate: f
 
 def write_registry(args, lake: str) -> None:
     subprocess.run([sys.executable, "-m", "pipelines.simulate", "--lake", lake, "--devices", str(args.devices),
-                    "--registry-only"], cwd=PROJECT_ROOT, check=True, capture_output=True)
+                    "--registry_only"], cwd=PROJECT_ROOT, check=True, capture_output=True)
 
 
 def accepted_readings(lake: str, phase: str) -> int:
@@ -304,7 +304,7 @@ def run_flink(args, workdir: Path) -> dict:
         # the job has seen these devices through the overload phase: failures may start at once;
         # not vibration surges, whose rule needs an hour of history
         steady = produce(args, lake, topic, "steady", over["end"], args.steady_rate, args.steady_s,
-                         "--warmup-minutes", "0", "--acute-modes", "current_spike,pressure_drop,cooling_loss")
+                         "--warmup_minutes", "0", "--acute_modes", "current_spike,pressure_drop,cooling_loss")
         steady_until = dt.datetime.now(dt.timezone.utc)
         print(f"  steady phase produced {steady['readings']:,} readings in {steady['seconds']} s "
               f"({steady['readings_per_s']:,}/s)", flush=True)

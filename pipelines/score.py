@@ -39,11 +39,11 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from models import ensemble, registry
 from pipelines import cli
+from pipelines.options import LakeOptions, ModelsOptions, WindowSizeOptions
 from transforms import delta, lake
 from transforms.scoring import APP, ModelRef, ScoreWindows
 
 log = logging.getLogger("score")
-DEFAULT_MODELS = "./data/models"
 WINDOW_SECONDS = {"30s": 30, "1m": 60, "5m": 300, "15m": 900, "30m": 1800, "1h": 3600, "6h": 21600, "1d": 86400}
 
 
@@ -160,13 +160,10 @@ class _ReadFeatureFile(beam.DoFn):
                                                 partition_values)
 
 
-class ScoreOptions(PipelineOptions):
+class ScoreOptions(LakeOptions, ModelsOptions, WindowSizeOptions, PipelineOptions):
     @classmethod
     def _add_argparse_args(cls, parser):
         g = parser.add_argument_group("score")
-        g.add_argument("--lake", default=lake.DEFAULT_LAKE, help="lake root (local path or s3://, gs://, abfss://)")
-        g.add_argument("--models", default=DEFAULT_MODELS, help="models root (<models>/<name>/<version>/)")
-        g.add_argument("--window_size", default="1h", help="feature window size to score (the models' window size)")
         g.add_argument("--model_versions", default="",
                        help="pin versions, e.g. isolation_forest=v0002,autoencoder=v0002 (default: the latest of each)")
         g.add_argument("--upto_features_version", type=int, default=None,
@@ -179,8 +176,12 @@ class ScoreOptions(PipelineOptions):
                        help="anomalous windows at most this many windows apart belong to one episode (one alert)")
 
 
+def arg_parser():
+    return cli.pipeline_parser(ScoreOptions, "python -m pipelines.score", __doc__)
+
+
 def run(argv: list[str] | None = None) -> dict:
-    options = cli.parse_pipeline_args(ScoreOptions, argv, "python -m pipelines.score", __doc__)
+    options = cli.pipeline_options(arg_parser(), argv)
     opts = options.view_as(ScoreOptions)
     requested = dict(kv.split("=", 1) for kv in opts.model_versions.split(",") if "=" in kv) or None
     plan = plan_run(opts.lake, opts.models, opts.window_size, requested, opts.upto_features_version)

@@ -20,14 +20,14 @@ from transforms import lake as lake_io
 UTC = dt.timezone.utc
 END = "2026-11-20T00:00:00"
 ALL_FAULTS = "stuck_value,dropout,duplicates,replay,out_of_range,unknown_device"
-BACKFILL = ["--devices", "40", "--backfill-days", "3", "--backfill-end", END, "--interval", "60",
-            "--data-faults", ALL_FAULTS, "--inactive-fraction", "0.05", "--mixed-unit-fraction", "0.2"]
+BACKFILL = ["--devices", "40", "--backfill_days", "3", "--backfill_end", END, "--interval", "60",
+            "--data_faults", ALL_FAULTS, "--inactive_fraction", "0.05", "--mixed_unit_fraction", "0.2"]
 
 
 @pytest.fixture(scope="module")
 def simulated(tmp_path_factory) -> str:
     lake = str(tmp_path_factory.mktemp("sim") / "lake")
-    run_simulator(lake, *BACKFILL, "--archive-days", "1")
+    run_simulator(lake, *BACKFILL, "--archive_days", "1")
     return lake
 
 
@@ -50,7 +50,7 @@ def _all_rows(lake: str):
 
 def test_same_seed_same_output_and_other_seed_differs(tmp_path, simulated):
     again = str(tmp_path / "again" / "lake")
-    run_simulator(again, *BACKFILL, "--archive-days", "1")
+    run_simulator(again, *BACKFILL, "--archive_days", "1")
     for table in ("devices", "raw_sensor_readings"):
         assert _sorted(lake_io.read(again, table)).equals(_sorted(lake_io.read(simulated, table))), table
     assert _sorted(_archive(again)).equals(_sorted(_archive(simulated)))
