@@ -29,14 +29,14 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipelines import cli
-from pipelines.options import InputVersionOptions, LakeOptions, ShardsOptions, ValidationOptions
+from pipelines.options import IncrementalJobOptions
 from transforms import cleansing as cl
 from transforms import delta, lake
 
 log = logging.getLogger("cleanse")
 
 
-class CleanseOptions(LakeOptions, InputVersionOptions, ShardsOptions, ValidationOptions, PipelineOptions):
+class CleanseOptions(IncrementalJobOptions, PipelineOptions):
     option_defaults = {"shards": cl.CleanseConfig.shards}
 
     @classmethod

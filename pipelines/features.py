@@ -29,7 +29,7 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipelines import cli
-from pipelines.options import InputVersionOptions, LakeOptions, ShardsOptions, ValidationOptions
+from pipelines.options import IncrementalJobOptions
 from pipelines.cleanse import baseline_path, ensure_baseline, rows_in_version
 from transforms import features as ft
 from transforms import lake
@@ -37,7 +37,7 @@ from transforms import lake
 log = logging.getLogger("features")
 
 
-class FeaturesOptions(LakeOptions, InputVersionOptions, ShardsOptions, ValidationOptions, PipelineOptions):
+class FeaturesOptions(IncrementalJobOptions, PipelineOptions):
     option_defaults = {"shards": ft.FeaturesConfig.shards}
 
     @classmethod

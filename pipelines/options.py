@@ -118,6 +118,14 @@ class HotWindowOptions(PipelineOptions):
                        help="reference time of the hot window (and of retentions), ISO UTC (default: the current time)")
 
 
+class IncrementalJobOptions(LakeOptions, InputVersionOptions, ShardsOptions, ValidationOptions, PipelineOptions):
+    """What the incremental table-to-table jobs (cleanse, features) share."""
+
+    @classmethod
+    def _add_argparse_args(cls, parser):
+        pass                           # its bases declare them
+
+
 def declare(parser, *options_classes: type[PipelineOptions]) -> None:
     """Adds the options of each class, and of the shared classes it composes, to an argparse parser: the
     ``--help`` parser of a pipeline, or the whole parser of an entry point that runs no pipeline. A class's
