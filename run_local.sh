@@ -6,7 +6,7 @@
 # Output: ./data/ (lake, models, ground truth, report.html). Exit code: 0, or 1 when the report's
 # counts do not reconcile (or a stage failed).
 #
-# usage: ./run_local.sh [--keep-services] [options of python -m pipelines.run_local]
+# usage: ./run_local.sh [--keep_services] [options of python -m pipelines.run_local]
 #        ./run_local.sh --help
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -15,10 +15,10 @@ keep_services=0
 args=()
 for a in "$@"; do
   case $a in
-    --keep-services) keep_services=1 ;;
+    --keep_services) keep_services=1 ;;
     -h|--help)
       sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'
-      echo; echo "options of the main job (--keep-services: leave Kafka and Flink running at the end):"
+      echo; echo "options of the main job (--keep_services: leave Kafka and Flink running at the end):"
       exec python3 -m pipelines.run_local --help ;;
     *) args+=("$a") ;;
   esac

@@ -40,9 +40,9 @@ def simulated_lake(args) -> Path:
     source = Path(args.workdir) / f"source-{args.devices}d-{args.days:g}days-{args.interval:g}s"
     if not (source / "lake" / "landing").exists():
         shutil.rmtree(source, ignore_errors=True)
-        run_simulator(str(source / "lake"), "--devices", str(args.devices), "--backfill-days", str(args.days),
-                      "--backfill-end", "2026-11-20", "--interval", str(args.interval), "--data-faults", FAULTS,
-                      "--inactive-fraction", "0.02", "--mixed-unit-fraction", "0.1")
+        run_simulator(str(source / "lake"), "--devices", str(args.devices), "--backfill_days", str(args.days),
+                      "--backfill_end", "2026-11-20", "--interval", str(args.interval), "--data_faults", FAULTS,
+                      "--inactive_fraction", "0.02", "--mixed_unit_fraction", "0.1")
     return source
 
 

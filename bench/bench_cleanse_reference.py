@@ -9,7 +9,7 @@ On one simulated landing table (bench_batch's simulator, every data fault; cache
                clean + quarantine Parquet), written independently of transforms/cleansing.py;
   * per-elem   a per-element Beam version (row dicts, Python per row, GroupByKey dedup and stuck
                runs, WriteToParquet) on the DirectRunner. It is slow, so it runs on a subset: every
-               k-th device with all its rows (every fault kind stays in), about --per-element-rows
+               k-th device with all its rows (every fault kind stays in), about --per_element_rows
                rows. The vectorised cleanse and the polars reference also run on that subset.
 
 Every implementation's counts (clean by quality, quarantined by reason, duplicates removed,
@@ -69,9 +69,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--devices", type=int, default=350, help="simulated devices (700: ~10M readings over 2 days)")
     p.add_argument("--days", type=float, default=2, help="days of history (one landing version per day)")
     p.add_argument("--interval", type=float, default=60, help="seconds between readings of one sensor")
-    p.add_argument("--per-element-rows", type=int, default=500_000,
+    p.add_argument("--per_element_rows", type=int, default=500_000,
                    help="about this many rows (whole devices) for the per-element version")
-    p.add_argument("--skip-features", action="store_true", help="do not run pipelines.features afterwards")
+    p.add_argument("--skip_features", action="store_true", help="do not run pipelines.features afterwards")
     p.add_argument("--workdir", default="/tmp/bench_batch",
                    help="where the simulated lake (shared with bench_batch, by parameters) and the runs live")
     return p.parse_args(argv)

@@ -103,7 +103,7 @@ def run(args) -> dict:
         jid = flink_jobs.wait_for_running_job(known, timeout_s=180)
         for n in range(segments):
             seg = produce(args, args.devices, lake, topic, f"seg{n:03d}", start, args.rate, args.segment_s,
-                          "--wire-faults", str(hostile_per_type(args)), "--seed", str(n + 1))
+                          "--wire_faults", str(hostile_per_type(args)), "--seed", str(n + 1))
             start = seg["end"]
             produced.append(seg)
             samples.append(sample(t0, lake, offsets))

@@ -202,10 +202,10 @@ def produce(args, devices: int, lake: str, topic: str, phase: str, start: dt.dat
     sim_minutes = wall_s * rate / readings_per_second(devices, args.interval) / 60
     out = subprocess.run(
         [sys.executable, "-m", "pipelines.simulate", "--lake", lake, "--devices", str(devices), "--stream",
-         "--topic", topic, "--bootstrap-servers", args.bootstrap_servers, "--interval", str(args.interval),
-         "--stream-start", start.isoformat(), "--stream-minutes", f"{sim_minutes:.3f}", "--rate", str(rate),
-         "--batch-size", str(args.batch_size), "--single-fraction", str(args.single_fraction),
-         "--ground-truth", str(Path(lake).parent / f"truth-{phase}.jsonl"), *extra],
+         "--topic", topic, "--bootstrap_servers", args.bootstrap_servers, "--interval", str(args.interval),
+         "--stream_start", start.isoformat(), "--stream_minutes", f"{sim_minutes:.3f}", "--rate", str(rate),
+         "--batch_size", str(args.batch_size), "--single_fraction", str(args.single_fraction),
+         "--ground_truth", str(Path(lake).parent / f"truth-{phase}.jsonl"), *extra],
         cwd=PROJECT_ROOT, capture_output=True, text=True)
     done = re.search(r"stream done: (\d+) messages, (\d+) readings in ([\d.]+) s \((\d+) readings/s\)", out.stderr)
     if out.returncode or not done:

@@ -52,6 +52,7 @@ from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipelines import cli
+from pipelines.options import HotWindowOptions, LakeOptions
 from schemas import contracts
 from transforms import lake
 from transforms.decode import DEVICE_ID
@@ -305,21 +306,20 @@ class MoveToArchive(beam.PTransform):
                 | "RemoveFromLanding" >> beam.ParDo(_RemoveFromLanding(self._plan)))
 
 
-class ArchiveOptions(PipelineOptions):
+class ArchiveOptions(LakeOptions, HotWindowOptions, PipelineOptions):
     @classmethod
     def _add_argparse_args(cls, parser):
         g = parser.add_argument_group("archive")
-        g.add_argument("--lake", default=lake.DEFAULT_LAKE, help="lake root (local path or s3://, gs://, abfss://)")
-        g.add_argument("--hot_days", "--hot-days", dest="hot_days", type=float, default=90.0,
-                       help="hot window: landing ingest_date partitions older than this many days move")
-        g.add_argument("--now", default=None,
-                       help="reference time for the hot window, ISO UTC (default: the current time)")
-        g.add_argument("--dry_run_plan", "--dry-run-plan", dest="dry_run_plan", action="store_true", default=False,
+        g.add_argument("--dry_run_plan", action="store_true", default=False,
                        help="print the plan (files, rows, cutoff) and change nothing")
 
 
+def arg_parser():
+    return cli.pipeline_parser(ArchiveOptions, "python -m pipelines.archive", __doc__)
+
+
 def run(argv: list[str] | None = None) -> dict:
-    options = cli.parse_pipeline_args(ArchiveOptions, argv, "python -m pipelines.archive", __doc__)
+    options = cli.pipeline_options(arg_parser(), argv)
     opts = options.view_as(ArchiveOptions)
     now = cli.utc_datetime(opts.now) if opts.now else dt.datetime.now(dt.timezone.utc)
     plan = plan_move(opts.lake, opts.hot_days, now)

@@ -29,39 +29,33 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipelines import cli
+from pipelines.options import IncrementalJobOptions
 from transforms import cleansing as cl
 from transforms import delta, lake
 
 log = logging.getLogger("cleanse")
 
 
-class CleanseOptions(PipelineOptions):
+class CleanseOptions(IncrementalJobOptions, PipelineOptions):
+    option_defaults = {"shards": cl.CleanseConfig.shards}
+
     @classmethod
     def _add_argparse_args(cls, parser):
         g = parser.add_argument_group("cleanse")
-        g.add_argument("--lake", default=lake.DEFAULT_LAKE, help="lake root (local path or s3://, gs://, abfss://)")
-        g.add_argument("--upto_version", type=int, default=None,
-                       help="newest landing version to consume (None: the latest)")
         g.add_argument("--max_versions", type=int, default=0,
                        help="consume at most this many landing versions in one run, to catch up in steps (0: all)")
-        g.add_argument("--lookback_days", type=float, default=7.0,
+        g.add_argument("--lookback_days", type=float, default=cl.CleanseConfig.lookback_s / 86400,
                        help="dedup against clean rows up to this long before the newest ingestion time of the "
                             "new rows; older replays are not recognised")
-        g.add_argument("--future_tolerance_seconds", type=float, default=300.0,
+        g.add_argument("--future_tolerance_seconds", type=float, default=cl.CleanseConfig.future_tolerance_s,
                        help="clock skew allowed before a reading later than its ingestion is flagged "
                             "future_timestamp (BAD)")
-        g.add_argument("--stuck_run_length", type=int, default=10,
+        g.add_argument("--stuck_run_length", type=int, default=cl.CleanseConfig.stuck_run_length,
                        help="equal consecutive values of one device and sensor flagged stuck_value (SUSPECT)")
-        g.add_argument("--shards", type=int, default=8,
-                       help="device shards for dedup and stuck-value detection (parallelism; memory per shard "
-                            "is about new rows / shards)")
-        g.add_argument("--tfdv_sample_rate", type=float, default=None,
-                       help="share of rows TFDV statistics are computed on (None: all rows)")
-        g.add_argument("--baseline_dir", default=None,
-                       help="TFDV statistics baselines for drift (<table>.pb); a missing baseline is created "
-                            "from the first run's output (None: <lake>/../baselines for a local lake)")
-        g.add_argument("--summary_json", default=None,
-                       help="also write the reconciliation summary to this JSON file (None: only printed)")
+
+
+def arg_parser():
+    return cli.pipeline_parser(CleanseOptions, "python -m pipelines.cleanse", __doc__)
 
 
 def config_of(opts: CleanseOptions) -> cl.CleanseConfig:
@@ -176,7 +170,7 @@ def render(s: dict) -> str:
 
 def run(argv: list[str] | None = None) -> dict:
     """Runs one cleanse; returns the reconciliation summary (also printed)."""
-    options = cli.parse_pipeline_args(CleanseOptions, argv, "python -m pipelines.cleanse", __doc__)
+    options = cli.pipeline_options(arg_parser(), argv)
     opts = options.view_as(CleanseOptions)
     plan = cl.plan_run(opts.lake, opts.upto_version, opts.max_versions or None)
     if plan is None or not plan.tables_to_write():

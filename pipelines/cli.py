@@ -8,29 +8,6 @@ import os
 import warnings
 
 
-def _tolerate_repeated_options() -> None:
-    """Each pipeline's PipelineOptions subclass defines --lake (and a few other shared options);
-    Beam builds one parser from every subclass imported in the process (get_all_options), which
-    fails on the repeated option string once two pipelines are imported together (tests, a driver
-    running several stages). Shared options have the same meaning everywhere, so let the later
-    definition replace the earlier one instead of failing."""
-    from apache_beam.options import pipeline_options as po
-    parser_cls = po._BeamArgumentParser
-    if getattr(parser_cls, "_fleet_tolerant", False):
-        return
-    original = parser_cls.__init__
-
-    def __init__(self, *args, **kwargs):
-        kwargs.setdefault("conflict_handler", "resolve")
-        original(self, *args, **kwargs)
-
-    parser_cls.__init__ = __init__
-    parser_cls._fleet_tolerant = True
-
-
-_tolerate_repeated_options()
-
-
 def setup_logging(level: str = "INFO") -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     warnings.filterwarnings("ignore", category=FutureWarning)
@@ -82,20 +59,29 @@ def is_dry_run(options) -> bool:
     return bool(options.view_as(TestOptions).dry_run)
 
 
-def parse_pipeline_args(options_cls, argv: list[str] | None, prog: str, description: str):
-    """Parses a pipeline's own options (a PipelineOptions subclass) and passes the rest to Beam.
-
-    ``--help`` lists the pipeline's options with their defaults and points to the Beam ones,
-    instead of Beam's several hundred. Returns the PipelineOptions (own + Beam) object.
-    """
-    from apache_beam.options.pipeline_options import PipelineOptions
-
+def pipeline_parser(options_cls, prog: str, description: str) -> argparse.ArgumentParser:
+    """The ``--help`` parser of a pipeline: its options class's own and shared options (pipelines/options.py),
+    with their defaults, pointing to the Beam ones instead of listing Beam's several hundred."""
+    from pipelines.options import declare
     # no abbreviations: the rest goes to Beam, and e.g. Beam's --dry_run must not be taken for archive's
     # --dry_run_plan
     parser = argparse.ArgumentParser(prog=prog, description=description, epilog=BEAM_OPTIONS_EPILOG,
                                      formatter_class=HelpFormatter, allow_abbrev=False)
-    options_cls._add_argparse_args(parser)
+    declare(parser, options_cls)
+    return parser
+
+
+def pipeline_options(parser: argparse.ArgumentParser, argv: list[str] | None):
+    """Parses the pipeline's own options with ``parser`` and passes the rest to Beam. Every own value is
+    passed on explicitly, so a job's defaults of shared options (``option_defaults``) reach its view.
+    Returns the PipelineOptions (own + Beam) object."""
+    from apache_beam.options.pipeline_options import PipelineOptions
     own, beam_args = parser.parse_known_args(argv)
     own_args = [f"--{k}={v}" for k, v in vars(own).items() if v is not None and not isinstance(v, bool)]
     own_args += [f"--{k}" for k, v in vars(own).items() if v is True]
     return PipelineOptions(beam_args + own_args)
+
+
+def parse_pipeline_args(options_cls, argv: list[str] | None, prog: str, description: str):
+    """``pipeline_options(pipeline_parser(...), argv)``: a pipeline's options, own + Beam."""
+    return pipeline_options(pipeline_parser(options_cls, prog, description), argv)

@@ -43,6 +43,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from models.ensemble import ENSEMBLE, MODELS
 from pipelines import cli
+from pipelines.options import LakeOptions, WindowSizeOptions
 from pipelines.simulation.incidents import ACUTE_MODES, GRADUAL_MODES
 from transforms import lake
 
@@ -190,21 +191,23 @@ def render(report: dict) -> str:
     return "\n".join(lines)
 
 
-class EvaluateOptions(PipelineOptions):
+class EvaluateOptions(LakeOptions, WindowSizeOptions, PipelineOptions):
     @classmethod
     def _add_argparse_args(cls, parser):
         g = parser.add_argument_group("evaluate")
-        g.add_argument("--lake", default=lake.DEFAULT_LAKE, help="lake root (local path or s3://, gs://, abfss://)")
         g.add_argument("--ground_truth", default=None,
                        help="simulator ground truth JSON Lines (default: <lake>/../ground_truth/backfill.jsonl)")
-        g.add_argument("--window_size", default="1h", help="window size of the scores to evaluate")
         g.add_argument("--eval_from", default=None,
                        help="judge windows and incidents from this UTC time on (default: the first scored window)")
         g.add_argument("--json", default=None, help="also write the report as JSON to this file")
 
 
+def arg_parser():
+    return cli.pipeline_parser(EvaluateOptions, "python -m pipelines.evaluate", __doc__)
+
+
 def run(argv: list[str] | None = None) -> dict:
-    options = cli.parse_pipeline_args(EvaluateOptions, argv, "python -m pipelines.evaluate", __doc__)
+    options = cli.pipeline_options(arg_parser(), argv)
     opts = options.view_as(EvaluateOptions)
     truth_path = opts.ground_truth or str(Path(opts.lake.removeprefix("file://")).parent / "ground_truth"
                                           / "backfill.jsonl")

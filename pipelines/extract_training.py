@@ -52,6 +52,7 @@ from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipelines import archive, cli, training_spans
+from pipelines.options import MODEL_WINDOW, LakeOptions, SpanOptions, WindowSizeOptions
 from schemas import contracts
 from transforms import lake
 from transforms.arrow import DEFAULT_BOUND, ChunkBound, ElementSizes, Gather, keyed_chunks
@@ -79,7 +80,7 @@ class ExtractSpec:
     devices: tuple[str, ...] = ()            # empty: all
     sensors: tuple[str, ...] = ()            # empty: all
     version: int = -1                        # resolved Delta version of the hot table read
-    window_size: str = "1h"                  # features only
+    window_size: str = MODEL_WINDOW          # features only
     shards_per_day: int = 1
     archive_slack_days: int = 30             # raw only: archive date partitions read before --start
     table_id: str = ""                       # the Delta table's id: the same version number of another
@@ -415,33 +416,28 @@ def read_dataset(directory: str) -> tuple[pa.Table, dict]:
     return pa.concat_tables(tables), manifest
 
 
-class ExtractOptions(PipelineOptions):
+class ExtractOptions(LakeOptions, SpanOptions, WindowSizeOptions, PipelineOptions):
     @classmethod
     def _add_argparse_args(cls, parser):
         g = parser.add_argument_group("extract_training")
-        g.add_argument("--lake", default=lake.DEFAULT_LAKE, help="lake root (local path or s3://, gs://, abfss://)")
         g.add_argument("--kind", default="raw", choices=["raw", "features"],
-                       help="raw readings (landing + archive) or features (features table)")
-        g.add_argument("--start", required=False, default=None,
-                       help="inclusive start, ISO UTC: timestamp_ingested (raw) or window_start (features)")
-        g.add_argument("--end", required=False, default=None,
-                       help="exclusive end, ISO UTC (default: the start of today, UTC)")
+                       help="raw readings (landing + archive) or features (features table; of --window_size)")
         g.add_argument("--devices", default="", help="comma-separated device ids (default: all)")
         g.add_argument("--spans", default=None,
                        help="CSV/JSON of per-device or per-model time spans (device_id|model, start, end), "
                             "instead of --start/--end; see pipelines/training_spans.py")
         g.add_argument("--sensors", default="", help="comma-separated sensor types (default: all)")
-        g.add_argument("--as_of_version", "--as-of-version", dest="as_of_version", type=int, default=None,
-                       help="hot-tier Delta version to read (default: the latest when the run starts)")
-        g.add_argument("--as_of_timestamp", "--as-of-timestamp", dest="as_of_timestamp", default=None,
-                       help="read the hot tier as it was at this UTC time (Delta time travel)")
-        g.add_argument("--window_size", default="1h", help="features only: the window size to extract")
-        g.add_argument("--shards_per_day", type=int, default=1, help="output files per day (by device hash)")
-        g.add_argument("--archive_slack_days", type=int, default=30,
+        g.add_argument("--shards_per_day", type=int, default=ExtractSpec.shards_per_day,
+                       help="output files per day (by device hash)")
+        g.add_argument("--archive_slack_days", type=int, default=ExtractSpec.archive_slack_days,
                        help="raw only: read archive date partitions this many days before --start (late data)")
         g.add_argument("--output", default=None, help="parent directory of the dataset (default: <lake>/training)")
         g.add_argument("--dataset_id", default=None,
                        help="dataset directory name (default: kind, span, version and a digest of all parameters)")
+
+
+def arg_parser():
+    return cli.pipeline_parser(ExtractOptions, "python -m pipelines.extract_training", __doc__)
 
 
 def make_spec(lake_root: str, kind: str, start: str, end: str | None = None, devices: str = "", sensors: str = "",
@@ -483,7 +479,7 @@ def spec_from(opts) -> ExtractSpec:
 
 
 def run(argv: list[str] | None = None) -> tuple[str, dict]:
-    options = cli.parse_pipeline_args(ExtractOptions, argv, "python -m pipelines.extract_training", __doc__)
+    options = cli.pipeline_options(arg_parser(), argv)
     opts = options.view_as(ExtractOptions)
     spec = spec_from(opts)
     started = time.monotonic()

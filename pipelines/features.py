@@ -29,6 +29,7 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipelines import cli
+from pipelines.options import IncrementalJobOptions
 from pipelines.cleanse import baseline_path, ensure_baseline, rows_in_version
 from transforms import features as ft
 from transforms import lake
@@ -36,31 +37,24 @@ from transforms import lake
 log = logging.getLogger("features")
 
 
-class FeaturesOptions(PipelineOptions):
+class FeaturesOptions(IncrementalJobOptions, PipelineOptions):
+    option_defaults = {"shards": ft.FeaturesConfig.shards}
+
     @classmethod
     def _add_argparse_args(cls, parser):
         g = parser.add_argument_group("features")
-        g.add_argument("--lake", default=lake.DEFAULT_LAKE, help="lake root (local path or s3://, gs://, abfss://)")
-        g.add_argument("--window_sizes", default="15m,1h,1d",
+        g.add_argument("--window_sizes", default=",".join(s.label for s in ft.FeaturesConfig.sizes),
                        help="comma list of tumbling window sizes, each a number and s, m, h or d")
         g.add_argument("--allowed_lateness_seconds", type=float, default=60.0,
                        help="a window is computed once clean holds readings ingested this long after its end; "
                             "readings later than that make the run recompute the window")
-        g.add_argument("--sampling_interval_seconds", type=float, default=60.0,
+        g.add_argument("--sampling_interval_seconds", type=float, default=ft.FeaturesConfig.default_interval_s,
                        help="sampling interval assumed for missing_ratio when a window has too few readings "
                             "to measure it")
-        g.add_argument("--upto_version", type=int, default=None,
-                       help="newest clean version to consume (None: the latest)")
-        g.add_argument("--shards", type=int, default=8,
-                       help="device shards the windows are computed in (parallelism; memory per shard is "
-                            "about rows read / shards)")
-        g.add_argument("--tfdv_sample_rate", type=float, default=None,
-                       help="share of rows TFDV statistics are computed on (None: all rows)")
-        g.add_argument("--baseline_dir", default=None,
-                       help="TFDV statistics baselines for drift (features.pb); a missing baseline is created "
-                            "from the first run's output (None: <lake>/../baselines for a local lake)")
-        g.add_argument("--summary_json", default=None,
-                       help="also write the run summary to this JSON file (None: only printed)")
+
+
+def arg_parser():
+    return cli.pipeline_parser(FeaturesOptions, "python -m pipelines.features", __doc__)
 
 
 def config_of(opts: FeaturesOptions) -> ft.FeaturesConfig:
@@ -115,7 +109,7 @@ def render(s: dict) -> str:
 
 def run(argv: list[str] | None = None) -> dict:
     """Runs one features pass; returns its summary (also printed)."""
-    options = cli.parse_pipeline_args(FeaturesOptions, argv, "python -m pipelines.features", __doc__)
+    options = cli.pipeline_options(arg_parser(), argv)
     opts = options.view_as(FeaturesOptions)
     config = config_of(opts)
     plan = ft.plan_run(opts.lake, config.sizes, opts.allowed_lateness_seconds, opts.upto_version)

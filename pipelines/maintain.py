@@ -25,35 +25,42 @@ import sys
 import time
 
 from pipelines import cli
-from transforms import lake, maintenance
+from pipelines.options import HotWindowOptions, LakeOptions, declare
+from transforms import maintenance
+
+HOUR, DAY = dt.timedelta(hours=1), dt.timedelta(days=1)
 
 
-def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[str]]:
+def arg_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m pipelines.maintain", description=__doc__,
                                 formatter_class=cli.HelpFormatter, epilog=cli.BEAM_OPTIONS_EPILOG,
                                 allow_abbrev=False)
-    p.add_argument("--lake", default=lake.DEFAULT_LAKE, help="lake root (local path or s3://, gs://, abfss://)")
-    p.add_argument("--tables", default="", help="comma-separated table names (default: every Delta table)")
-    p.add_argument("--target_file_mb", type=int, default=128, help="compaction target file size")
-    p.add_argument("--vacuum_retention_hours", type=int, default=168,
+    declare(p, LakeOptions, HotWindowOptions)
+    g = p.add_argument_group("maintain")
+    g.add_argument("--tables", default="", help="comma-separated table names (default: every Delta table)")
+    g.add_argument("--target_file_mb", type=int, default=maintenance.Policy.target_file_bytes // 2**20,
+                   help="compaction target file size")
+    g.add_argument("--vacuum_retention_hours", type=int, default=maintenance.Policy.vacuum_retention // HOUR,
                    help="removed files younger than this are kept (Delta time travel window)")
-    p.add_argument("--pin_retention_days", type=float, default=30,
+    g.add_argument("--pin_retention_days", type=float, default=maintenance.Policy.pin_retention / DAY,
                    help="versions pinned by training manifests stay readable this long after their commit")
-    p.add_argument("--training_dirs", default="",
+    g.add_argument("--training_dirs", default="",
                    help="comma-separated folders of training datasets outside <lake>/training whose pins count too")
-    p.add_argument("--hot_days", type=float, default=90.0, help="archive: landing older than this moves")
-    p.add_argument("--skip_archive", action="store_true", help="do not run the archive move")
-    p.add_argument("--now", type=cli.utc_datetime, default=None,
-                   help="reference time for the hot window and retentions, ISO UTC (default: the current time)")
-    p.add_argument("--dry_run", action="store_true",
+    g.add_argument("--skip_archive", action="store_true", help="do not run the archive move")
+    g.add_argument("--dry_run", action="store_true",
                    help="no archive move, compaction or checkpoint; report what vacuum would delete")
-    p.add_argument("--json", default=None, help="also write the summary JSON to this file")
-    return p.parse_known_args(argv)
+    g.add_argument("--json", default=None, help="also write the summary JSON to this file")
+    return p
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[str]]:
+    """(maintain's options, the rest: Beam options for the archive move)."""
+    return arg_parser().parse_known_args(argv)
 
 
 def run(argv: list[str] | None = None) -> dict:
     opts, beam_args = parse_args(argv)
-    now = opts.now or dt.datetime.now(dt.timezone.utc)
+    now = cli.utc_datetime(opts.now) if opts.now else dt.datetime.now(dt.timezone.utc)
     policy = maintenance.Policy(target_file_bytes=opts.target_file_mb * 1024 * 1024,
                                 vacuum_retention=dt.timedelta(hours=opts.vacuum_retention_hours),
                                 pin_retention=dt.timedelta(days=opts.pin_retention_days))

@@ -40,6 +40,7 @@ from pipelines import cli
 from pipelines.reporting import figures, inputs, render
 from pipelines.reporting.checks import failed
 from pipelines.reporting.inputs import ReportData
+from pipelines.options import LakeOptions, declare
 from transforms import lake
 
 log = logging.getLogger("report")
@@ -52,9 +53,9 @@ def _started_at(text: str) -> dt.datetime:
         return cli.utc_datetime(text)
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def arg_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m pipelines.report", description=__doc__, formatter_class=cli.HelpFormatter)
-    p.add_argument("--lake", default=lake.DEFAULT_LAKE, help="lake root (local path or s3://, gs://, abfss://)")
+    declare(p, LakeOptions)
     p.add_argument("--ground_truth_dir", default=None,
                    help="the simulator's ground truth (backfill.jsonl, stream.jsonl, stream.produced.parquet); "
                         "None: <lake>/../ground_truth")
@@ -68,7 +69,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max_traces", type=int, default=7, help="failing devices to plot (one per failure mode)")
     p.add_argument("--png_dir", default=None,
                    help="also write every figure as a PNG file into this folder (replaces its trace_*.png)")
-    return p.parse_args(argv)
+    return p
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    return arg_parser().parse_args(argv)
 
 
 def write(d: ReportData, out: str, png_dir: str | None) -> None:

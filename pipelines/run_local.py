@@ -37,7 +37,7 @@ from pathlib import Path
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def arg_parser() -> argparse.ArgumentParser:
     # no project imports here: `--help` works with a bare python3, before setup
     class Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
         pass
@@ -58,7 +58,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--job_endpoint", default="127.0.0.1:8099", help="Beam job server of the local Flink")
     p.add_argument("--flink_rest", default="127.0.0.1:8081", help="Flink REST address")
     p.add_argument("--bootstrap_servers", default="127.0.0.1:9092", help="Kafka")
-    return p.parse_args(argv)
+    return p
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    return arg_parser().parse_args(argv)
 
 
 class Stages:
@@ -237,8 +241,8 @@ def main(argv: list[str] | None = None) -> int:
     stages = Stages(total=13)
     sim = ["--lake", lake, "--devices", str(args.devices), "--seed", str(args.seed)]
 
-    stages.run("history: registry + backfill", "pipelines.simulate", *sim, "--backfill-days", str(args.days),
-               "--backfill-end", end.isoformat(), "--interval", str(args.history_interval))
+    stages.run("history: registry + backfill", "pipelines.simulate", *sim, "--backfill_days", str(args.days),
+               "--backfill_end", end.isoformat(), "--interval", str(args.history_interval))
     stages.run("cleanse the history", "pipelines.cleanse", "--lake", lake, *runner)
     stages.run("features of the history", "pipelines.features", "--lake", lake,
                "--sampling_interval_seconds", str(args.history_interval), *runner)
@@ -254,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"    Flink job {job.jid} running (log {data / 'streaming.log'}) after {time.monotonic() - t:.0f} s", flush=True)
     try:
         stages.run("stream live readings into Kafka", "pipelines.simulate", *sim, "--stream",
-                   "--bootstrap-servers", args.bootstrap_servers, "--stream-minutes", str(args.stream_minutes),
+                   "--bootstrap_servers", args.bootstrap_servers, "--stream_minutes", str(args.stream_minutes),
                    "--acceleration", str(args.acceleration), "--interval", str(args.stream_interval))
         readings, fault_kinds = expected_stream_counts(truth)
         t = stages.banner("wait for the streaming job to land everything")

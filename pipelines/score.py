@@ -51,12 +51,12 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from models import ensemble, registry
 from pipelines import cli
+from pipelines.options import LakeOptions, ModelsOptions, WindowSizeOptions
 from transforms import delta, lake
 from transforms.arrow import ReadParquetChunks, SideTable
 from transforms.scoring import APP, ModelRef, ScoreWindows, ensemble_version
 
 log = logging.getLogger("score")
-DEFAULT_MODELS = "./data/models"
 WINDOW_SECONDS = {"30s": 30, "1m": 60, "5m": 300, "15m": 900, "30m": 1800, "1h": 3600, "6h": 21600, "1d": 86400}
 
 
@@ -367,13 +367,10 @@ class _JoinVersions(argparse.Action):
         setattr(namespace, self.dest, ",".join(v for v in [getattr(namespace, self.dest) or "", *values] if v))
 
 
-class ScoreOptions(PipelineOptions):
+class ScoreOptions(LakeOptions, ModelsOptions, WindowSizeOptions, PipelineOptions):
     @classmethod
     def _add_argparse_args(cls, parser):
         g = parser.add_argument_group("score")
-        g.add_argument("--lake", default=lake.DEFAULT_LAKE, help="lake root (local path or s3://, gs://, abfss://)")
-        g.add_argument("--models", default=DEFAULT_MODELS, help="models root (<models>/<name>/<version>/)")
-        g.add_argument("--window_size", default="1h", help="feature window size to score (the models' window size)")
         g.add_argument("--model_versions", default="",
                        help="pin versions, e.g. isolation_forest=v0002,autoencoder=v0002 (default: the latest of each)")
         g.add_argument("--model_version", action=_JoinVersions, nargs="+", default="", metavar="NAME=VERSION",
@@ -417,8 +414,12 @@ def _scored(pipeline, plan: ScorePlan, opts) -> dict:
         _DropWritten(alert_key, "alerts_already_written"), beam.pvalue.AsList(known))}
 
 
+def arg_parser():
+    return cli.pipeline_parser(ScoreOptions, "python -m pipelines.score", __doc__)
+
+
 def run(argv: list[str] | None = None) -> dict:
-    options = cli.parse_pipeline_args(ScoreOptions, argv, "python -m pipelines.score", __doc__)
+    options = cli.pipeline_options(arg_parser(), argv)
     opts = options.view_as(ScoreOptions)
     requested = parse_model_versions([opts.model_versions, opts.model_version])
     planner = plan_rescore if opts.rescore else plan_run

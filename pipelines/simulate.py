@@ -12,9 +12,9 @@ continues right after the history instead, so that the live readings are the sam
 
 examples:
   # 200 devices, 14 days of history at one reading per sensor per minute
-  python -m pipelines.simulate --devices 200 --backfill-days 14 --interval 60
+  python -m pipelines.simulate --devices 200 --backfill_days 14 --interval 60
   # then 30 simulated minutes of live readings, 60x faster than real time
-  python -m pipelines.simulate --devices 200 --stream --stream-minutes 30 --acceleration 60
+  python -m pipelines.simulate --devices 200 --stream --stream_minutes 30 --acceleration 60
 """
 from __future__ import annotations
 
@@ -29,10 +29,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipelines import cli
+from pipelines.options import KafkaOptions, LakeOptions, declare
 from pipelines.simulation import fleet as fleet_mod
 from pipelines.simulation.backfill import backfill
-from pipelines.simulation.incidents import (ACUTE_MODES, DATA_FAULTS, GRADUAL_MODES, WARMUP, WIRE_FAULTS,
-                                            PlanConfig, plan_incidents, unknown_devices)
+from pipelines.simulation.incidents import (ACUTE_MODES, DATA_FAULTS, GRADUAL_MODES, WIRE_FAULTS, PlanConfig,
+                                            plan_incidents, unknown_devices)
 from pipelines.simulation.stream import StreamConfig, stream
 from schemas.sensors import SENSOR_TYPES
 from transforms import lake
@@ -68,70 +69,77 @@ def stream_start(requested: dt.datetime | str | None, history_end: dt.datetime, 
     return _wall_now().replace(microsecond=0) - dt.timedelta(seconds=sim_seconds - wall_seconds)
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def arg_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m pipelines.simulate", description=__doc__,
                                 formatter_class=cli.HelpFormatter)
     g = p.add_argument_group("fleet")
-    g.add_argument("--lake", default=lake.DEFAULT_LAKE, help="lake root (local path or s3://, gs://, abfss://)")
+    declare(g, LakeOptions)
     g.add_argument("--devices", type=int, default=200, help="number of registered devices")
-    g.add_argument("--devices-per-site", type=int, default=10, help="devices behind one gateway")
+    g.add_argument("--devices_per_site", type=int, default=10, help="devices behind one gateway")
     g.add_argument("--seed", type=int, default=7, help="random seed: same seed, same output")
     g.add_argument("--interval", type=float, default=60.0,
                    help="seconds between two readings of one sensor (simulated time)")
-    g.add_argument("--registry-only", action="store_true",
+    g.add_argument("--registry_only", action="store_true",
                    help="write the device registry and stop (e.g. before starting the streaming job)")
-    g.add_argument("--ground-truth", default=None,
+    g.add_argument("--ground_truth", default=None,
                    help="ground-truth JSON Lines file (default: <lake>/../ground_truth/<mode>.jsonl)")
 
     g = p.add_argument_group("backfill (history straight into the lake)")
-    g.add_argument("--backfill-days", type=float, default=0, help="days of history to write (0: none)")
-    g.add_argument("--end", "--backfill-end", dest="backfill_end", type=_end_arg, default=DEFAULT_END,
+    g.add_argument("--backfill_days", type=float, default=0, help="days of history to write (0: none)")
+    g.add_argument("--end", "--backfill_end", dest="backfill_end", type=_end_arg, default=DEFAULT_END,
                    help="end of the simulated history, UTC; fixed by default so that the data does not depend on "
                         "the day of the run ('today': 00:00 UTC of the wall clock's day)")
-    g.add_argument("--archive-days", type=float, default=0,
+    g.add_argument("--archive_days", type=float, default=0,
                    help="the oldest days of the history go to the Parquet archive instead of landing")
 
     g = p.add_argument_group("stream (live readings into Kafka)")
     g.add_argument("--stream", action="store_true", help="produce live readings to Kafka")
-    g.add_argument("--bootstrap-servers", default="127.0.0.1:9092", help="Kafka bootstrap servers")
-    g.add_argument("--topic", default="sensor.readings", help="Kafka topic for readings")
-    g.add_argument("--stream-start", type=_stream_start_arg, default=None,
+    declare(p, KafkaOptions)          # its own group: kafka
+    g.add_argument("--stream_start", type=_stream_start_arg, default=None,
                    help="simulated start time, UTC, or 'end': right after the history (--end), the same on "
                         "every day (default: so that the simulated clock reaches the wall clock as the stream "
                         "ends: readings never arrive before their own time)")
-    g.add_argument("--stream-minutes", type=float, default=10.0, help="simulated minutes to produce")
-    g.add_argument("--acceleration", type=float, default=1.0,
+    g.add_argument("--stream_minutes", type=float, default=10.0, help="simulated minutes to produce")
+    g.add_argument("--acceleration", type=float, default=StreamConfig.acceleration,
                    help="simulated seconds per wall-clock second (0: as fast as possible)")
     g.add_argument("--rate", type=float, default=None,
                    help="target readings/s; sets --acceleration from the fleet size and --interval")
-    g.add_argument("--batch-size", type=int, default=200, help="readings per gateway batch message (max 1000)")
-    g.add_argument("--single-fraction", type=float, default=0.2,
+    g.add_argument("--batch_size", type=int, default=StreamConfig.batch_size,
+                   help="readings per gateway batch message (max 1000)")
+    g.add_argument("--single_fraction", type=float, default=StreamConfig.single_fraction,
                    help="share of devices sending single-reading messages instead of gateway batches")
-    g.add_argument("--wire-faults", type=int, default=1,
+    g.add_argument("--wire_faults", type=int, default=1,
                    help=f"messages per wire fault type to inject ({', '.join(WIRE_FAULTS)})")
 
     g = p.add_argument_group("injected incidents")
-    g.add_argument("--acute-fraction", type=float, default=0.04,
+    g.add_argument("--acute_fraction", type=float, default=PlanConfig.acute_fraction,
                    help=f"share of devices per acute mode ({', '.join(ACUTE_MODES)}), at least 1 each")
-    g.add_argument("--gradual-fraction", type=float, default=0.03,
+    g.add_argument("--gradual_fraction", type=float, default=PlanConfig.gradual_fraction,
                    help=f"share of devices per gradual mode ({', '.join(GRADUAL_MODES)}); spans >= 1 day")
-    g.add_argument("--fault-fraction", type=float, default=0.02, help="share of devices per data fault")
-    g.add_argument("--unknown-devices", type=int, default=2, help="unregistered devices that send readings")
-    g.add_argument("--inactive-fraction", type=float, default=0.02, help="share of devices marked inactive")
-    g.add_argument("--mixed-unit-fraction", type=float, default=0.1,
+    g.add_argument("--fault_fraction", type=float, default=PlanConfig.fault_fraction,
+                   help="share of devices per data fault")
+    g.add_argument("--unknown_devices", type=int, default=PlanConfig.unknown_devices,
+                   help="unregistered devices that send readings")
+    g.add_argument("--inactive_fraction", type=float, default=0.02, help="share of devices marked inactive")
+    g.add_argument("--mixed_unit_fraction", type=float, default=0.1,
                    help="share of devices reporting in non-canonical units")
-    g.add_argument("--no-incidents", action="store_true", help="a healthy fleet with clean data")
-    g.add_argument("--acute-modes", default=",".join(ACUTE_MODES), help="acute modes to inject (comma list)")
-    g.add_argument("--warmup-minutes", type=float, default=WARMUP.total_seconds() / 60,
+    g.add_argument("--no_incidents", action="store_true", help="a healthy fleet with clean data")
+    g.add_argument("--acute_modes", default=",".join(PlanConfig.acute_modes), help="acute modes to inject (comma list)")
+    g.add_argument("--warmup_minutes", type=float, default=PlanConfig.warmup / dt.timedelta(minutes=1),
                    help="no failure starts earlier in the span: the vibration rule needs an hour of history; "
                         "lower it when the consumer already saw the devices (and leave out vibration_surge)")
-    g.add_argument("--data-faults", default="stuck_value,dropout,duplicates,replay,out_of_range,unknown_device",
+    g.add_argument("--data_faults", default=",".join(PlanConfig.data_faults),
                    help=f"data faults to inject (comma list of {', '.join(DATA_FAULTS)})")
+    return p
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = arg_parser()
     args = p.parse_args(argv)
     if not args.backfill_days and not args.stream and not args.registry_only:
-        p.error("nothing to do: give --backfill-days N and/or --stream (or --registry-only)")
+        p.error("nothing to do: give --backfill_days N and/or --stream (or --registry_only)")
     if not 1 <= args.batch_size <= 1000:
-        p.error("--batch-size must be between 1 and 1000 (the contract's batch limit)")
+        p.error("--batch_size must be between 1 and 1000 (the contract's batch limit)")
     return args
 
 

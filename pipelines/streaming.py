@@ -28,7 +28,7 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 from apache_beam.transforms import window
 
 from pipelines import cli
-from transforms import lake
+from pipelines.options import KafkaOptions, LakeOptions, ShardsOptions
 from transforms.acute import DEFAULT_SHARDS, AcuteRules
 from transforms.decode import DecodeMessages, KafkaMessage
 from transforms.landing import LandDecoded, SinkAlerts, intervals
@@ -36,13 +36,12 @@ from transforms.landing import LandDecoded, SinkAlerts, intervals
 log = logging.getLogger("streaming")
 
 
-class StreamingOptions(PipelineOptions):
+class StreamingOptions(LakeOptions, KafkaOptions, ShardsOptions, PipelineOptions):
+    option_defaults = {"shards": DEFAULT_SHARDS}      # keys of the stateful rule evaluation
+
     @classmethod
     def _add_argparse_args(cls, parser):
         g = parser.add_argument_group("streaming pipeline")
-        g.add_argument("--lake", default=lake.DEFAULT_LAKE, help="lake root (local path or s3://, gs://, abfss://)")
-        g.add_argument("--bootstrap_servers", default="127.0.0.1:9092", help="Kafka bootstrap servers")
-        g.add_argument("--topic", default="sensor.readings", help="topic to read readings from")
         g.add_argument("--alerts_topic", default="sensor.alerts", help="topic to publish acute alerts to")
         g.add_argument("--consumer_group", default="fleet-streaming",
                        help="Kafka consumer group; its committed offsets are where a restarted job resumes")
@@ -52,8 +51,6 @@ class StreamingOptions(PipelineOptions):
                             "from the environment")
         g.add_argument("--commit_interval_s", type=float, default=60.0,
                        help="landing interval: one Delta commit per table per interval of Kafka record time")
-        g.add_argument("--shards", type=int, default=DEFAULT_SHARDS,
-                       help="device shards: keys of the stateful rule evaluation (parallelism of that stage)")
         g.add_argument("--rules_config", default=None,
                        help="acute rule thresholds file (default: config/acute_rules.yaml)")
         g.add_argument("--registry_ttl_s", type=float, default=300.0,
@@ -69,6 +66,10 @@ class StreamingOptions(PipelineOptions):
                             "hour of readings after a start without a savepoint)")
         g.add_argument("--max_num_records", type=int, default=None,
                        help="stop after this many Kafka records (bounded runs and tests only)")
+
+
+def arg_parser():
+    return cli.pipeline_parser(StreamingOptions, "python -m pipelines.streaming", __doc__)
 
 
 def kafka_properties(opts) -> dict:
@@ -205,7 +206,7 @@ STATE_CACHE_MB = 256
 
 def main(argv: list[str] | None = None) -> int:
     cli.setup_logging()
-    options = cli.parse_pipeline_args(StreamingOptions, argv, "python -m pipelines.streaming", __doc__)
+    options = cli.pipeline_options(arg_parser(), argv)
     opts = options.view_as(StreamingOptions)
     if opts.max_num_records is None:
         options.view_as(StandardOptions).streaming = True

@@ -43,16 +43,15 @@ from models.features import MODEL_FEATURES, DeviceBaseline, matrix
 from models.handlers import BASELINE_FILE, KERAS_FILE, SKLEARN_FILE
 from models.statistical import RobustZScore
 from pipelines import cli
-from transforms import lake
+from pipelines.options import MODEL_WINDOW, LakeOptions, ModelsOptions, SpanOptions, WindowSizeOptions
 
 log = logging.getLogger("train")
-DEFAULT_MODELS = "./data/models"
 
 
 @dataclass(frozen=True)
 class TrainParams:
     seed: int = 42
-    window_size: str = "1h"
+    window_size: str = MODEL_WINDOW
     min_windows: int = 24               # device baseline: fewer training windows -> fleet baseline
     clip: float = 20.0
     if_trees: int = 200
@@ -143,38 +142,35 @@ def train(features: pa.Table, manifest: dict, models_root: str, params: TrainPar
     return out
 
 
-class TrainOptions(PipelineOptions):
+class TrainOptions(LakeOptions, ModelsOptions, WindowSizeOptions, SpanOptions, PipelineOptions):
     @classmethod
     def _add_argparse_args(cls, parser):
         g = parser.add_argument_group("train")
-        g.add_argument("--lake", default=lake.DEFAULT_LAKE, help="lake root (local path or s3://, gs://, abfss://)")
-        g.add_argument("--models", default=DEFAULT_MODELS, help="models root: versions go to <models>/<name>/<version>/")
         g.add_argument("--dataset", default=None,
                        help="a features dataset directory from extract_training (default: extract one from "
-                            "--start/--end first)")
-        g.add_argument("--start", default=None, help="without --dataset: first window_start, ISO UTC")
-        g.add_argument("--end", default=None, help="without --dataset: end of the span (exclusive), ISO UTC")
-        g.add_argument("--as_of_version", "--as-of-version", dest="as_of_version", type=int, default=None,
-                       help="without --dataset: features table version to read (default: the latest)")
-        g.add_argument("--as_of_timestamp", "--as-of-timestamp", dest="as_of_timestamp", default=None,
-                       help="without --dataset: read the features table as of this UTC time")
-        g.add_argument("--window_size", default="1h", help="window size the models are trained on and score")
+                            "--start/--end, --as_of_version/--as_of_timestamp first)")
         g.add_argument("--model_names", default=",".join(MODELS), help="models to train (comma list)")
-        g.add_argument("--seed", type=int, default=42, help="random seed of the Isolation Forest and the autoencoder")
-        g.add_argument("--min_windows", type=int, default=24,
+        g.add_argument("--seed", type=int, default=TrainParams.seed,
+                       help="random seed of the Isolation Forest and the autoencoder")
+        g.add_argument("--min_windows", type=int, default=TrainParams.min_windows,
                        help="training windows a device needs for its own baseline (else: the fleet's)")
-        g.add_argument("--if_trees", type=int, default=200, help="Isolation Forest: number of trees")
-        g.add_argument("--ae_epochs", type=int, default=30, help="autoencoder: training epochs")
-        g.add_argument("--threshold_quantile", type=float, default=0.999,
+        g.add_argument("--if_trees", type=int, default=TrainParams.if_trees, help="Isolation Forest: number of trees")
+        g.add_argument("--ae_epochs", type=int, default=TrainParams.ae_epochs, help="autoencoder: training epochs")
+        g.add_argument("--threshold_quantile", type=float, default=TrainParams.threshold_quantile,
                        help="threshold = median + margin x (this quantile - median) of the (prefiltered) training scores")
-        g.add_argument("--threshold_margin", type=float, default=1.2, help="see --threshold_quantile")
-        g.add_argument("--clean_z", type=float, default=8.0,
+        g.add_argument("--threshold_margin", type=float, default=TrainParams.threshold_margin,
+                       help="see --threshold_quantile")
+        g.add_argument("--clean_z", type=float, default=TrainParams.clean_z,
                        help="training windows with a largest |z| above this are left out of threshold calibration")
+
+
+def arg_parser():
+    return cli.pipeline_parser(TrainOptions, "python -m pipelines.train", __doc__)
 
 
 def run(argv: list[str] | None = None) -> dict[str, registry.ModelVersion]:
     from pipelines import extract_training as et
-    options = cli.parse_pipeline_args(TrainOptions, argv, "python -m pipelines.train", __doc__)
+    options = cli.pipeline_options(arg_parser(), argv)
     opts = options.view_as(TrainOptions)
     dataset = opts.dataset
     if not dataset:

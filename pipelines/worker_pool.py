@@ -184,12 +184,16 @@ def serve(host: str, port: int) -> tuple[grpc.Server, WorkerPool, int]:
     return server, pool, bound
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+def arg_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m pipelines.worker_pool", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--service_port", type=int, required=True, help="port of the worker pool service")
     parser.add_argument("--host", default="127.0.0.1", help="the one address to bind (default 127.0.0.1)")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = arg_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     server, pool, port = serve(args.host, args.service_port)
     stopping = threading.Event()

@@ -17,8 +17,8 @@ KEY = ["event_id", "device_id", "sensor_type", "value", "ts", "timestamp_ingeste
 
 
 def _simulate(lake: str) -> None:
-    run_simulator(lake, "--devices", "4", "--backfill-days", "4", "--backfill-end", "2026-10-05",
-                  "--interval", "600", "--fault-fraction", "0.3")
+    run_simulator(lake, "--devices", "4", "--backfill_days", "4", "--backfill_end", "2026-10-05",
+                  "--interval", "600", "--fault_fraction", "0.3")
 
 
 def union_rows(lake: str, version: int | None = None) -> collections.Counter:

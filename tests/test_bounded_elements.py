@@ -125,9 +125,9 @@ def _run_steps(lake: str, bound: arrow.ChunkBound, monkeypatch) -> list[dict]:
 
 def test_cleanse_and_features_are_identical_with_a_tiny_bound(tmp_path, monkeypatch):
     base = str(tmp_path / "default" / "lake")
-    run_simulator(base, "--devices", "6", "--backfill-days", "2", "--backfill-end", "2026-11-20",
-                  "--interval", "300", "--data-faults", FAULTS, "--inactive-fraction", "0.2",
-                  "--mixed-unit-fraction", "0.3")
+    run_simulator(base, "--devices", "6", "--backfill_days", "2", "--backfill_end", "2026-11-20",
+                  "--interval", "300", "--data_faults", FAULTS, "--inactive_fraction", "0.2",
+                  "--mixed_unit_fraction", "0.3")
     # a device reconnecting: 600 readings of landing v0 land again after v1 (dedup against clean)
     replay = lake_io.read(base, "raw_sensor_readings", 0).slice(0, 600)
     assert lake_io.append(base, "raw_sensor_readings", replay) == 2

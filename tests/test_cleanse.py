@@ -371,9 +371,9 @@ FAULTS = "stuck_value,dropout,duplicates,replay,out_of_range,unknown_device,inac
 
 
 def test_reconciliation_over_simulator_data_with_every_fault(lake):
-    run_simulator(lake, "--devices", "20", "--backfill-days", "2", "--backfill-end", "2026-11-20",
-                  "--interval", "300", "--data-faults", FAULTS, "--inactive-fraction", "0.1",
-                  "--mixed-unit-fraction", "0.3")
+    run_simulator(lake, "--devices", "20", "--backfill_days", "2", "--backfill_end", "2026-11-20",
+                  "--interval", "300", "--data_faults", FAULTS, "--inactive_fraction", "0.1",
+                  "--mixed_unit_fraction", "0.3")
     first = run(lake, "--upto_version", "0")
     second = run(lake)
     landing = lake_io.read(lake, "raw_sensor_readings")

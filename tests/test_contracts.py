@@ -21,9 +21,9 @@ from transforms import lake as lake_io
 @pytest.fixture(scope="module")
 def healthy_lake(tmp_path_factory) -> str:
     lake = str(tmp_path_factory.mktemp("contracts") / "lake")
-    run_simulator(lake, "--devices", "30", "--backfill-days", "2", "--archive-days", "1",
-                  "--backfill-end", "2026-11-20", "--interval", "120", "--no-incidents",
-                  "--mixed-unit-fraction", "0.3")
+    run_simulator(lake, "--devices", "30", "--backfill_days", "2", "--archive_days", "1",
+                  "--backfill_end", "2026-11-20", "--interval", "120", "--no_incidents",
+                  "--mixed_unit_fraction", "0.3")
     return lake
 
 

@@ -109,8 +109,8 @@ def graph_lake(tmp_path_factory) -> tuple[str, str]:
     from models import synthetic
     from pipelines.train import TrainParams
     lake = str(tmp_path_factory.mktemp("graphs") / "lake")
-    run_simulator(lake, "--devices", "4", "--backfill-days", "4", "--backfill-end", "2026-10-05",
-                  "--archive-days", "1", "--interval", "300")
+    run_simulator(lake, "--devices", "4", "--backfill_days", "4", "--backfill_end", "2026-10-05",
+                  "--archive_days", "1", "--interval", "300")
     assert cleanse.run(["--lake", lake, "--upto_version", "0"])["reconciles"]
     assert features.run(["--lake", lake])["feature_rows"] > 0
     assert cleanse.run(["--lake", lake, "--upto_version", "1"])["reconciles"]

@@ -14,8 +14,8 @@ UTC = dt.timezone.utc
 
 
 def test_time_travel_to_each_version_returns_exactly_its_commits(lake):
-    run_simulator(lake, "--devices", "12", "--backfill-days", "3", "--backfill-end", "2026-11-20",
-                  "--interval", "300", "--no-incidents")
+    run_simulator(lake, "--devices", "12", "--backfill_days", "3", "--backfill_end", "2026-11-20",
+                  "--interval", "300", "--no_incidents")
     table = lake_io.open_table(lake, "raw_sensor_readings")
     assert table.version() == 2
 

@@ -20,8 +20,8 @@ UTC = dt.timezone.utc
 
 def _simulate(lake: str) -> None:
     # 4 days: the oldest one straight into the archive, three days of landing commits
-    run_simulator(lake, "--devices", "4", "--backfill-days", "4", "--backfill-end", "2026-10-05",
-                  "--archive-days", "1", "--interval", "600")
+    run_simulator(lake, "--devices", "4", "--backfill_days", "4", "--backfill_end", "2026-10-05",
+                  "--archive_days", "1", "--interval", "600")
 
 
 def _files(directory: str) -> dict[str, str]:

@@ -40,7 +40,7 @@ def _data_files(lake: str, table: str) -> int:
 
 @pytest.fixture
 def small_lake(lake):
-    run_simulator(lake, "--devices", "4", "--backfill-days", "3", "--backfill-end", "2026-10-05", "--interval", "600")
+    run_simulator(lake, "--devices", "4", "--backfill_days", "3", "--backfill_end", "2026-10-05", "--interval", "600")
     for i in range(3):                      # small commits, as the streaming landing makes them
         _more_landing(lake, f"extra{i}")
     assert cleanse.run(["--lake", lake])["reconciles"]

@@ -124,11 +124,11 @@ def _scores(lake: str) -> None:
 def built(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("report")
     lake = str(root / "lake")
-    run_simulator(lake, "--devices", "6", "--backfill-days", "0.25", "--interval", "300",
-                  "--backfill-end", T0.isoformat())
+    run_simulator(lake, "--devices", "6", "--backfill_days", "0.25", "--interval", "300",
+                  "--backfill_end", T0.isoformat())
     FakeProducer.sent = []
     with mock.patch.object(sim_stream, "Producer", FakeProducer):
-        run_simulator(lake, "--devices", "6", "--stream", "--stream-start", T0.isoformat(), "--stream-minutes", "15",
+        run_simulator(lake, "--devices", "6", "--stream", "--stream_start", T0.isoformat(), "--stream_minutes", "15",
                       "--interval", "10", "--acceleration", "0")
     decoded = decode_messages(_kafka_messages(FakeProducer.sent))
     half = decoded.readings.num_rows // 2          # two streaming commits

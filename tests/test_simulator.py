@@ -20,14 +20,14 @@ from transforms import lake as lake_io
 UTC = dt.timezone.utc
 END = "2026-11-20T00:00:00"
 ALL_FAULTS = "stuck_value,dropout,duplicates,replay,out_of_range,unknown_device"
-BACKFILL = ["--devices", "40", "--backfill-days", "3", "--backfill-end", END, "--interval", "60",
-            "--data-faults", ALL_FAULTS, "--inactive-fraction", "0.05", "--mixed-unit-fraction", "0.2"]
+BACKFILL = ["--devices", "40", "--backfill_days", "3", "--backfill_end", END, "--interval", "60",
+            "--data_faults", ALL_FAULTS, "--inactive_fraction", "0.05", "--mixed_unit_fraction", "0.2"]
 
 
 @pytest.fixture(scope="module")
 def simulated(tmp_path_factory) -> str:
     lake = str(tmp_path_factory.mktemp("sim") / "lake")
-    run_simulator(lake, *BACKFILL, "--archive-days", "1")
+    run_simulator(lake, *BACKFILL, "--archive_days", "1")
     return lake
 
 
@@ -50,7 +50,7 @@ def _all_rows(lake: str):
 
 def test_same_seed_same_output_and_other_seed_differs(tmp_path, simulated):
     again = str(tmp_path / "again" / "lake")
-    run_simulator(again, *BACKFILL, "--archive-days", "1")
+    run_simulator(again, *BACKFILL, "--archive_days", "1")
     for table in ("devices", "raw_sensor_readings"):
         assert _sorted(lake_io.read(again, table)).equals(_sorted(lake_io.read(simulated, table))), table
     assert _sorted(_archive(again)).equals(_sorted(_archive(simulated)))
@@ -209,7 +209,7 @@ def test_history_does_not_depend_on_the_day_of_the_run(tmp_path, monkeypatch):
     for day in (dt.datetime(2026, 12, 2, 9, 30, tzinfo=UTC), dt.datetime(2027, 3, 15, 17, 5, tzinfo=UTC)):
         monkeypatch.setattr(simulate, "_wall_now", lambda day=day: day)
         lake = str(tmp_path / day.date().isoformat() / "lake")
-        run_simulator(lake, "--devices", "12", "--backfill-days", "2", "--archive-days", "1", "--interval", "300")
+        run_simulator(lake, "--devices", "12", "--backfill_days", "2", "--archive_days", "1", "--interval", "300")
         lakes.append(lake)
     a, b = lakes
     assert _landing(a).num_rows > 0 and _sorted(_landing(a)).equals(_sorted(_landing(b)))
@@ -224,9 +224,9 @@ def test_stream_start_follows_the_history_or_the_wall_clock(monkeypatch):
     from pipelines import simulate
     now = dt.datetime(2027, 1, 5, 12, 0, 0, tzinfo=UTC)
     monkeypatch.setattr(simulate, "_wall_now", lambda: now)
-    end = simulate.parse_args(["--stream", "--stream-start", "end"])
+    end = simulate.parse_args(["--stream", "--stream_start", "end"])
     assert end.backfill_end == simulate.DEFAULT_END
     assert simulate.stream_start(end.stream_start, end.backfill_end, 5400, 180) == simulate.DEFAULT_END
     live = simulate.parse_args(["--stream"])
     assert simulate.stream_start(live.stream_start, live.backfill_end, 5400, 180) == now - dt.timedelta(seconds=5220)
-    assert simulate.parse_args(["--backfill-days", "1", "--end", "today"]).backfill_end == dt.datetime(2027, 1, 5, tzinfo=UTC)
+    assert simulate.parse_args(["--backfill_days", "1", "--end", "today"]).backfill_end == dt.datetime(2027, 1, 5, tzinfo=UTC)

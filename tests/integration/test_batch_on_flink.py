@@ -52,9 +52,9 @@ def test_cleanse_and_features_on_flink_equal_the_direct_runner(tmp_path):
     if not JOB_SERVER_JAR.exists():
         pytest.fail(f"{JOB_SERVER_JAR} missing: run scripts/setup.sh")
     direct = str(tmp_path / "direct" / "lake")
-    run_simulator(direct, "--devices", "12", "--backfill-days", "2", "--backfill-end", "2026-11-20",
-                  "--interval", "300", "--data-faults", FAULTS, "--inactive-fraction", "0.1",
-                  "--mixed-unit-fraction", "0.3")
+    run_simulator(direct, "--devices", "12", "--backfill_days", "2", "--backfill_end", "2026-11-20",
+                  "--interval", "300", "--data_faults", FAULTS, "--inactive_fraction", "0.1",
+                  "--mixed_unit_fraction", "0.3")
     flink = str(tmp_path / "flink" / "lake")
     shutil.copytree(direct, flink)
 

@@ -85,8 +85,8 @@ def test_cleanse_shards_beyond_flinks_record_limit_run_on_flink_like_the_direct_
     require_service("Flink", FLINK_REST)
     require_service("Beam job server", JOB_ENDPOINT)
     base = str(tmp_path / "base" / "lake")
-    run_simulator(base, "--devices", "18", "--backfill-days", "2", "--backfill-end", "2026-11-20",
-                  "--interval", "60", "--data-faults", "duplicates,replay,stuck_value,out_of_range")
+    run_simulator(base, "--devices", "18", "--backfill_days", "2", "--backfill_end", "2026-11-20",
+                  "--interval", "60", "--data_faults", "duplicates,replay,stuck_value,out_of_range")
     # landing v0 cleansed once (DirectRunner): its clean file is the second run's dedup context
     assert cleanse.run(["--lake", base, "--upto_version", "0", "--shards", "1"])["reconciles"]
     old_sizes = {"cleanse_context": old_context_element_bytes(base)}

@@ -97,8 +97,8 @@ def cluster():
 def raw_lake(cluster, tmp_path_factory) -> str:
     """Simulated readings: 2026-10-02 in the archive, 10-03 and 10-04 in landing (versions 0, 1)."""
     lake = str(tmp_path_factory.mktemp("raw") / "lake")
-    run_simulator(lake, "--devices", "6", "--backfill-days", "3", "--backfill-end", "2026-10-05",
-                  "--archive-days", "1", "--interval", "300", "--fault-fraction", "0.3")
+    run_simulator(lake, "--devices", "6", "--backfill_days", "3", "--backfill_end", "2026-10-05",
+                  "--archive_days", "1", "--interval", "300", "--fault_fraction", "0.3")
     return lake
 
 

@@ -1,0 +1,139 @@
+"""The options several entry points share, each declared by exactly one PipelineOptions class.
+
+Beam builds one parser from the ``_add_argparse_args`` of every PipelineOptions subclass loaded in the
+process (``PipelineOptions.get_all_options``, used when a pipeline is built and submitted), so an option
+declared by two classes fails with a conflicting option string as soon as two entry points are
+imported together. Each option therefore has one declaring class: here when several jobs have it, in
+its job's module otherwise. A job's options class composes the shared classes it uses::
+
+    class CleanseOptions(LakeOptions, ShardsOptions, PipelineOptions):
+        option_defaults = {"shards": CleanseConfig.shards}      # job defaults of shared options
+
+        @classmethod
+        def _add_argparse_args(cls, parser):                    # the job's own options only
+            ...
+
+* ``PipelineOptions`` stays a direct base: get_all_options walks direct subclasses only
+  (apache/beam#31139), and it must see the job's own options.
+* Every job class defines its own ``_add_argparse_args``, even an empty one: an inherited one would
+  declare the shared options a second time.
+* ``options.view_as(CleanseOptions)`` parses the job's and the shared options (Beam walks the MRO);
+  ``view_as(LakeOptions)`` reads one shared group.
+
+Convention for every entry point: Beam's underscores (``--window_size``), and help text on every option.
+"""
+from __future__ import annotations
+
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from transforms import lake
+
+DEFAULT_MODELS = "./data/models"
+MODEL_WINDOW = "1h"                    # the feature window the models are trained on and score
+KAFKA_BOOTSTRAP = "127.0.0.1:9092"
+READINGS_TOPIC = "sensor.readings"
+
+
+class LakeOptions(PipelineOptions):
+    @classmethod
+    def _add_argparse_args(cls, parser):
+        parser.add_argument("--lake", default=lake.DEFAULT_LAKE, help="lake root (local path or s3://, gs://, abfss://)")
+
+
+class ModelsOptions(PipelineOptions):
+    @classmethod
+    def _add_argparse_args(cls, parser):
+        parser.add_argument("--models", default=DEFAULT_MODELS,
+                            help="model registry root: versions live in <models>/<name>/<version>/")
+
+
+class WindowSizeOptions(PipelineOptions):
+    @classmethod
+    def _add_argparse_args(cls, parser):
+        parser.add_argument("--window_size", default=MODEL_WINDOW,
+                            help="feature window size the models are trained on, score and are evaluated at")
+
+
+class KafkaOptions(PipelineOptions):
+    @classmethod
+    def _add_argparse_args(cls, parser):
+        g = parser.add_argument_group("kafka")
+        g.add_argument("--bootstrap_servers", default=KAFKA_BOOTSTRAP, help="Kafka bootstrap servers")
+        g.add_argument("--topic", default=READINGS_TOPIC, help="Kafka topic of the sensor readings")
+
+
+class ShardsOptions(PipelineOptions):
+    """No default here: each job gives its own (``option_defaults``), from its config."""
+
+    @classmethod
+    def _add_argparse_args(cls, parser):
+        parser.add_argument("--shards", type=int,
+                            help="device shards the job's per-device work is split into (parallelism; memory per "
+                                 "shard is about the rows read / shards)")
+
+
+class InputVersionOptions(PipelineOptions):
+    @classmethod
+    def _add_argparse_args(cls, parser):
+        parser.add_argument("--upto_version", type=int, default=None,
+                            help="newest version of the input table to consume (cleanse: landing, features: clean; "
+                                 "None: the latest)")
+
+
+class ValidationOptions(PipelineOptions):
+    @classmethod
+    def _add_argparse_args(cls, parser):
+        g = parser.add_argument_group("validation")
+        g.add_argument("--tfdv_sample_rate", type=float, default=None,
+                       help="share of rows TFDV statistics are computed on (None: all rows)")
+        g.add_argument("--baseline_dir", default=None,
+                       help="TFDV statistics baselines for drift (<table>.pb); a missing baseline is created "
+                            "from the first run's output (None: <lake>/../baselines for a local lake)")
+        g.add_argument("--summary_json", default=None,
+                       help="also write the run's summary to this JSON file (None: only printed)")
+
+
+class SpanOptions(PipelineOptions):
+    """A span of a hot table, read at one version (Delta time travel): what a dataset is extracted from."""
+
+    @classmethod
+    def _add_argparse_args(cls, parser):
+        g = parser.add_argument_group("span")
+        g.add_argument("--start", default=None,
+                       help="inclusive start, ISO UTC: timestamp_ingested (raw) or window_start (features)")
+        g.add_argument("--end", default=None, help="exclusive end, ISO UTC (default: the start of today, UTC)")
+        g.add_argument("--as_of_version", type=int, default=None,
+                       help="hot-table Delta version to read (default: the latest when the run starts)")
+        g.add_argument("--as_of_timestamp", default=None,
+                       help="read the hot table as it was at this UTC time (Delta time travel)")
+
+
+class HotWindowOptions(PipelineOptions):
+    @classmethod
+    def _add_argparse_args(cls, parser):
+        g = parser.add_argument_group("hot window")
+        g.add_argument("--hot_days", type=float, default=90.0,
+                       help="hot window: landing ingest_date partitions older than this many days move to the archive")
+        g.add_argument("--now", default=None,
+                       help="reference time of the hot window (and of retentions), ISO UTC (default: the current time)")
+
+
+class IncrementalJobOptions(LakeOptions, InputVersionOptions, ShardsOptions, ValidationOptions, PipelineOptions):
+    """What the incremental table-to-table jobs (cleanse, features) share."""
+
+    @classmethod
+    def _add_argparse_args(cls, parser):
+        pass                           # its bases declare them
+
+
+def declare(parser, *options_classes: type[PipelineOptions]) -> None:
+    """Adds the options of each class, and of the shared classes it composes, to an argparse parser: the
+    ``--help`` parser of a pipeline, or the whole parser of an entry point that runs no pipeline. A class's
+    ``option_defaults`` (job defaults of shared options) are applied last."""
+    for options_cls in options_classes:
+        for cls in options_cls.__mro__:
+            if cls is PipelineOptions:
+                break
+            if "_add_argparse_args" in vars(cls):
+                cls._add_argparse_args(parser)
+        parser.set_defaults(**getattr(options_cls, "option_defaults", {}))
