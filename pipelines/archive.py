@@ -343,14 +343,11 @@ def run(argv: list[str] | None = None) -> dict:
     summary.update(cli.metric_counters(result, APP),
                    removed_in_version=lake.find_commit(opts.lake, LANDING, plan.commit_id),
                    elapsed_s=round(time.monotonic() - started, 2))
-    print("ARCHIVE_SUMMARY " + json.dumps(summary, sort_keys=True))
+    cli.print_summary("archive", summary)
     return summary
 
 
-def main(argv: list[str] | None = None) -> int:
-    cli.setup_logging()
-    run(argv)
-    return 0
+main = cli.entry_point(run)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import json
 import logging
 import os
 import warnings
@@ -14,6 +15,19 @@ def setup_logging(level: str = "INFO") -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     for noisy in ("apache_beam.runners.worker", "apache_beam.typehints.native_type_compatibility", "kafka", "absl"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def print_summary(job: str, summary: dict) -> None:
+    """The JSON line a job ends with, ``<JOB>_SUMMARY {...}`` (run_local and the tests parse it)."""
+    print(f"{job.upper()}_SUMMARY " + json.dumps(summary, sort_keys=True, default=str))
+
+
+def entry_point(run, ok=lambda summary: True):
+    """``main(argv) -> exit code`` of a job whose ``run(argv)`` returns its summary; 1 when not ``ok``."""
+    def main(argv: list[str] | None = None) -> int:
+        setup_logging()
+        return 0 if ok(run(argv)) else 1
+    return main
 
 
 def utc_datetime(text: str) -> dt.datetime:

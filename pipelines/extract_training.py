@@ -489,14 +489,11 @@ def run(argv: list[str] | None = None) -> tuple[str, dict]:
     summary = {"dataset": directory, "rows": manifest["rows"], "files": len(manifest["files"]),
                "version": spec.version, "archive_files": len(manifest["inputs"].get("archive_files", [])),
                "elapsed_s": round(time.monotonic() - started, 2)}
-    print("EXTRACT_SUMMARY " + json.dumps(summary, sort_keys=True))
+    cli.print_summary("extract", summary)
     return directory, manifest
 
 
-def main(argv: list[str] | None = None) -> int:
-    cli.setup_logging()
-    run(argv)
-    return 0
+main = cli.entry_point(run)
 
 
 if __name__ == "__main__":

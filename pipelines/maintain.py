@@ -84,7 +84,7 @@ def run(argv: list[str] | None = None) -> dict:
             print(f"  {name:<24} files {done.files_before:>7,} -> {done.files_after:>7,}   compacted "
                   f"{done.compacted_files:>6,}  vacuumed {done.vacuumed_files:>6,}  retention {done.retention_hours} h")
     summary["elapsed_s"] = round(time.monotonic() - started, 2)
-    print("MAINTAIN_SUMMARY " + json.dumps(summary, sort_keys=True))
+    cli.print_summary("maintain", summary)
     if opts.json:
         with open(opts.json, "w") as fh:
             json.dump(summary, fh, indent=2, sort_keys=True)
@@ -100,10 +100,7 @@ def _archive(opts, now: dt.datetime, beam_args: list[str]) -> dict:
     return archive.run(["--lake", opts.lake, "--hot_days", str(opts.hot_days), "--now", now.isoformat(), *beam_args])
 
 
-def main(argv: list[str] | None = None) -> int:
-    cli.setup_logging()
-    summary = run(argv)
-    return 1 if summary["errors"] else 0
+main = cli.entry_point(run, ok=lambda summary: not summary["errors"])
 
 
 if __name__ == "__main__":

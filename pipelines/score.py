@@ -448,14 +448,11 @@ def run(argv: list[str] | None = None) -> dict:
                "models": plan.inputs()["models"], "tables": plan.tables, "rescore": plan.rescore, **counters,
                "commits": {t: lake.find_commit(opts.lake, t, plan.commit_id(t)) for t in plan.tables},
                "elapsed_s": round(time.monotonic() - started, 2)}
-    print("SCORE_SUMMARY " + json.dumps(summary, sort_keys=True))
+    cli.print_summary("score", summary)
     return summary
 
 
-def main(argv: list[str] | None = None) -> int:
-    cli.setup_logging()
-    run(argv)
-    return 0
+main = cli.entry_point(run)
 
 
 if __name__ == "__main__":
