@@ -2,7 +2,9 @@
 
 Per device, tumbling event-time windows (default 15 min, 1 h and 1 day; any set, e.g. 30s for a
 test bench): per sensor mean, std, min, max, last, slope, count and missing ratio over GOOD
-readings, plus cross-sensor features (discharge/suction pressure ratio, current per K of
+readings, the extremes of readings of any quality and the BAD and SUSPECT counts (all_min, all_max,
+bad_count, suspect_count: an overload beyond the valid range still reaches the models), plus
+cross-sensor features (discharge/suction pressure ratio, current per K of
 temperature lift, a superheat proxy). Incremental by time: a run computes the windows that closed
 since the previous run (watermark = newest ingestion in clean minus --allowed_lateness_seconds)
 and recomputes the closed windows that newly cleansed (late) readings fall into, replacing their

@@ -5,9 +5,12 @@ Vectorised logic (polars over Arrow tables) plus the composite PTransforms run b
 
 * Windows are tumbling and aligned to the Unix epoch in UTC (a 1d window is a UTC day); sizes are
   an option (``30s``, ``15m``, ``1h``, ``1d``...). ``date`` is the UTC date of ``window_start``.
-* One row per device and window holding at least one clean reading of any quality. Statistics use
-  GOOD readings only; a sensor without GOOD readings has ``count`` 0, ``missing_ratio`` 1 and null
-  statistics.
+* One row per device and window holding at least one clean reading of any quality. The statistics
+  below use GOOD readings only; a sensor without GOOD readings has ``count`` 0, ``missing_ratio`` 1
+  and null statistics. So that no reading vanishes from the model inputs (an overload beyond the
+  valid range is BAD, a stuck sensor SUSPECT), every sensor also has ``all_min`` and ``all_max``, the
+  extremes of its readings of any quality (null without readings), and ``bad_count`` and
+  ``suspect_count``, its BAD and SUSPECT readings in the window.
 * Per sensor: ``mean``; ``std`` (sample, n-1; null below 2 readings); ``min``; ``max``; ``last`` (the
   value of the latest reading); ``slope`` (least squares, canonical unit per minute; null below two
   distinct times); ``count``; ``missing_ratio`` = 1 - count / expected, clipped to [0, 1], where
@@ -57,7 +60,7 @@ from schemas.sensors import SENSOR_TYPES
 from transforms import delta, lake
 from transforms.arrow import DEFAULT_BOUND, ChunkBound, ChunkTables, ElementSizes, Gather, ReadParquetChunks
 from transforms.arrow import SideTable
-from transforms.cleansing import CLEAN, files_overlapping, split_by_shard
+from transforms.cleansing import BAD, CLEAN, GOOD, SUSPECT, files_overlapping, split_by_shard
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +68,7 @@ FEATURES = "features"
 APP = "features"
 US = 1_000_000
 ROW_COLUMNS = ["device_id", "sensor_type", "value", "timestamp_utc", "quality"]
+TABLES_PARTITIONS = contracts.TABLES[FEATURES].partition_by
 LATE_SCHEMA = pa.schema([("device_id", pa.string()), ("window_size", pa.string()), ("window_start", pa.int64())])
 # R134a saturation pressure (kPa) ~ exp(A - B / T[K]); fitted at 0 and 40 C, within 2 % from -26 to 60 C
 SAT_A, SAT_B = 15.421, 2661.0
@@ -118,6 +122,7 @@ class FeaturesPlan:
     previous: dict[str, int | None]              # window size -> watermark (us) of the previous run
     watermark_us: int
     features_version: int | None
+    missing_columns: tuple[str, ...] = ()      # contract columns the features table's schema lacks
     computed_at: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.timezone.utc))
 
     def closing(self, size: WindowSize) -> tuple[int | None, int]:
@@ -127,6 +132,12 @@ class FeaturesPlan:
     def inputs(self, sizes) -> dict:
         return {CLEAN: [self.clean_after, self.clean_upto],
                 "watermarks_us": {s.label: self.closing(s)[1] for s in sizes}}
+
+    def schema_upgrade_filters(self) -> list[tuple]:
+        """Filters of an overwrite that replaces nothing, for a table written before columns were added:
+        delta-rs 0.18 updates a table's schema in an overwrite only (an append would keep the old schema
+        and hide the new columns). Its rows read the added columns as nulls."""
+        return [("window_size", "=", "")] if self.missing_columns else []
 
     def commit_id(self, sizes) -> str:
         return f"{APP}/{self.clean_after}-{self.clean_upto}/{'+'.join(s.label for s in sizes)}"
@@ -208,6 +219,16 @@ def _sensor_stats(good: pl.DataFrame) -> pl.DataFrame:
         pl.len().cast(pl.Int64).alias("count")))
 
 
+def _quality_stats(rows: pl.DataFrame) -> pl.DataFrame:
+    """Per sensor, over readings of every quality: the extremes and the BAD and SUSPECT counts."""
+    quality = pl.col("quality")
+    return (rows.group_by("device_id", "_ws", "sensor_type").agg(
+        pl.col("value").min().alias("all_min"),
+        pl.col("value").max().alias("all_max"),
+        (quality == BAD).sum().cast(pl.Int64).alias("bad_count"),
+        (quality == SUSPECT).sum().cast(pl.Int64).alias("suspect_count")))
+
+
 def _intervals(rows: pl.DataFrame, default_s: float) -> pl.DataFrame:
     """Median gap (us) between consecutive readings of one sensor, per device and window."""
     gaps = (rows.select("device_id", "_ws", "sensor_type", _epoch_us().alias("_t"))
@@ -236,14 +257,16 @@ def window_features(rows: pl.DataFrame, size: WindowSize, default_interval_s: fl
     """Feature rows of the windows in ``rows`` (which carry ``_ws``), in the FEATURES schema."""
     windows = _intervals(rows, default_interval_s).with_columns(
         (pl.lit(size.us) / pl.col("_interval") + EXPECTED_SLACK).floor().clip(lower_bound=1).alias("_expected"))
-    stats = _sensor_stats(rows.filter(pl.col("quality") == contracts.QUALITY_LEVELS[0]))
+    keys = ["device_id", "_ws", "sensor_type"]
+    stats = _quality_stats(rows).join(_sensor_stats(rows.filter(pl.col("quality") == GOOD)), on=keys, how="left")
     wide = windows
     for sensor in SENSOR_TYPES:
         s = stats.filter(pl.col("sensor_type") == sensor).drop("sensor_type")
         s = s.rename({c: f"{sensor}_{c}" for c in s.columns if c not in ("device_id", "_ws")})
         wide = wide.join(s, on=["device_id", "_ws"], how="left")
         count = pl.col(f"{sensor}_count").fill_null(0)
-        wide = wide.with_columns(count.alias(f"{sensor}_count"),
+        counts = (pl.col(f"{sensor}_{c}").fill_null(0) for c in ("count", "bad_count", "suspect_count"))
+        wide = wide.with_columns(*counts,
                                  (1 - count / pl.col("_expected")).clip(0, 1).alias(f"{sensor}_missing_ratio"))
     start = pl.from_epoch(pl.col("_ws"), time_unit="us").dt.replace_time_zone("UTC")
     out = cross_features(wide).with_columns(
@@ -287,11 +310,23 @@ def partition_values_of(path: str) -> dict[str, str]:
     return out
 
 
+def with_added_columns(old: pa.Table) -> pa.Table:
+    """Rows of a file written before columns were added to the contract, with those (nullable)
+    columns as nulls: what Delta reads for a column a file does not have."""
+    partitions = TABLES_PARTITIONS
+    for f in contracts.FEATURES:
+        if f.name not in old.column_names and f.name not in partitions:
+            if not f.nullable:
+                raise ValueError(f"features file without the required column {f.name!r}")
+            old = old.append_column(f, pa.nulls(old.num_rows, f.type))
+    return old
+
+
 def carry_over(old: pa.Table, uri: str, late: pl.DataFrame) -> pa.Table:
     """Old feature rows of a rewritten partition, minus the windows recomputed in this run."""
     parts = partition_values_of(uri)
     values = {"window_size": parts["window_size"], "date": dt.date.fromisoformat(parts["date"])}
-    data = delta.with_partition_columns(FEATURES, old, sorted(values.items()))
+    data = delta.with_partition_columns(FEATURES, with_added_columns(old), sorted(values.items()))
     frame = pl.from_arrow(data)
     keys = late.filter(pl.col("window_size") == parts.get("window_size")).select(
         "device_id", pl.from_epoch(pl.col("window_start"), time_unit="us").dt.replace_time_zone("UTC"))
@@ -453,7 +488,7 @@ class _Commit(beam.DoFn):
         if report is not None and report.hard_breaks:
             from schemas.validation import ContractViolation
             raise ContractViolation(report)
-        filters = replaced_partitions(self._late.get(late_chunks))
+        filters = replaced_partitions(self._late.get(late_chunks)) or self._plan.schema_upgrade_filters()
         version = lake.commit_files(self._plan.lake, FEATURES, sorted(files, key=lambda f: f.path), **self._meta,
                                     mode="overwrite" if filters else "append", partition_filters=filters or None,
                                     read_version=self._plan.features_version)
@@ -497,6 +532,13 @@ def newest_ingestion_us(lake_root: str, version: int) -> int | None:
     return int(pc.max(data["timestamp_ingested"].cast(pa.int64())).as_py()) if data.num_rows else None
 
 
+def _missing_columns(lake_root: str, version: int | None) -> tuple[str, ...]:
+    if version is None:
+        return ()
+    names = set(lake.open_table(lake_root, FEATURES, version, without_files=True).schema().to_pyarrow().names)
+    return tuple(f.name for f in contracts.FEATURES if f.name not in names)
+
+
 def plan_run(lake_root: str, sizes, allowed_lateness_s: float, upto: int | None = None) -> FeaturesPlan | None:
     """The next run's plan, or None when clean has nothing new. Bookkeeping reads the log of the new
     clean versions and features' newest commit only (not the tables' whole history)."""
@@ -512,6 +554,7 @@ def plan_run(lake_root: str, sizes, allowed_lateness_s: float, upto: int | None 
     newest = newest_ingestion_us(lake_root, target)
     features_version = lake.latest_version(lake_root, FEATURES)
     return FeaturesPlan(
+        missing_columns=_missing_columns(lake_root, features_version),
         lake=lake_root, clean_after=after, clean_upto=target,
         new_files=tuple(delta.added_files(lake_root, CLEAN, after if after >= 0 else None, target)),
         previous=previous, watermark_us=(newest or 0) - int(allowed_lateness_s * US),
