@@ -39,17 +39,23 @@ recomputed for its device, and the files of that span are read for all devices a
 late reading in a closed 1d window re-reads that day. Allowed lateness above the usual ingestion
 delay keeps this rare; clean files clustered by device shard would bound it to one shard. Every
 element crossing a shuffle is an Arrow table within ``FeaturesConfig.chunk`` (:mod:`transforms.arrow`):
-a shard's rows are grouped as many chunks and concatenated in its DoFn; the late windows reach
-their consumers as a side input of bounded chunks, deduplicated once per DoFn instance.
+a key's rows are grouped as many chunks and concatenated in its DoFn; the late windows reach
+their consumers as a side input of bounded chunks, deduplicated once per DoFn instance. On Flink a
+key's chunks become ONE record before the sort, so a key's total is bounded too: rows are keyed by
+(device shard, time bucket), both sized per run from the clean files' statistics
+(:func:`shard_layout`, :class:`ShardLayout`), so each key carries about a quarter of
+``FeaturesConfig.group_bytes`` (4 MB) and every window of a device lies whole in one key.
 """
 from __future__ import annotations
 
 import datetime as dt
 import logging
+import math
 import re
 from dataclasses import dataclass, field
 
 import apache_beam as beam
+import numpy as np
 import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -58,9 +64,9 @@ from apache_beam.metrics import Metrics
 from schemas import contracts
 from schemas.sensors import SENSOR_TYPES
 from transforms import delta, lake
-from transforms.arrow import DEFAULT_BOUND, ChunkBound, ChunkTables, ElementSizes, Gather, ReadParquetChunks
-from transforms.arrow import SideTable
-from transforms.cleansing import BAD, CLEAN, GOOD, SUSPECT, files_overlapping, split_by_shard
+from transforms.arrow import DEFAULT_BOUND, ChunkBound, ChunkTables, ElementSizes, Gather, ReadParquetChunks, to_numpy
+from transforms.arrow import SideTable, chunks
+from transforms.cleansing import BAD, CLEAN, GOOD, SUSPECT, files_overlapping, shard_of
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +74,10 @@ FEATURES = "features"
 APP = "features"
 US = 1_000_000
 ROW_COLUMNS = ["device_id", "sensor_type", "value", "timestamp_utc", "quality"]
+GROUP_BYTES = 4 << 20       # well under Flink's 6,684,672-byte sort-buffer record limit
+SHARD_FILL = 0.25           # shards are sized for a quarter of the bound: devices hash unevenly into shards
+# Arrow bytes of one row of ROW_COLUMNS besides its device id: offsets, sensor type, value, time, quality
+ROW_FIXED_BYTES = 3 * 4 + max(map(len, SENSOR_TYPES)) + 8 + 8 + max(map(len, contracts.QUALITY_LEVELS))
 TABLES_PARTITIONS = contracts.TABLES[FEATURES].partition_by
 LATE_SCHEMA = pa.schema([("device_id", pa.string()), ("window_size", pa.string()), ("window_start", pa.int64())])
 # R134a saturation pressure (kPa) ~ exp(A - B / T[K]); fitted at 0 and 40 C, within 2 % from -26 to 60 C
@@ -108,8 +118,24 @@ def parse_window_sizes(text: str) -> tuple[WindowSize, ...]:
 class FeaturesConfig:
     sizes: tuple[WindowSize, ...] = parse_window_sizes("15m,1h,1d")
     default_interval_s: float = 60.0
-    shards: int = 8
+    shards: int = 8                          # fewest device shards (more when the run's volume needs them)
     chunk: ChunkBound = DEFAULT_BOUND        # most rows/bytes of one table element crossing a shuffle
+    group_bytes: int = GROUP_BYTES           # most bytes all elements of one ByShard key should carry
+
+
+@dataclass(frozen=True)
+class ShardLayout:
+    """How the rows a run computes are keyed for the one grouping: (device shard, time bucket).
+
+    Beam's Flink batch translator concatenates all values of a key into ONE record before its sort,
+    so a key's total, not each element, must stay under Flink's sort-buffer limit. A key holds the
+    rows of its devices within one time bucket: a multiple of every window size, aligned to the
+    epoch like the windows, so every window of a device lies whole in one key."""
+    shards: int
+    bucket_us: int
+
+    def keys(self, rows: pl.DataFrame) -> list[pl.Series]:
+        return [shard_of(rows, self.shards).alias("_shard"), (_epoch_us() // self.bucket_us).alias("_bucket")]
 
 
 @dataclass(frozen=True)
@@ -290,6 +316,16 @@ def compute_features(rows: pl.DataFrame, plan: FeaturesPlan, config: FeaturesCon
     return lake.conform(FEATURES, pl.concat(parts).to_arrow())
 
 
+def split_by_key(rows: pl.DataFrame, layout: ShardLayout, bound: ChunkBound):
+    """((shard, bucket), Arrow table) pairs of the rows, each table within ``bound``."""
+    if rows.height == 0:
+        return
+    keyed = rows.with_columns(*layout.keys(rows))
+    for (shard, bucket), part in keyed.partition_by("_shard", "_bucket", as_dict=True).items():
+        for table in chunks(part.drop("_shard", "_bucket").to_arrow(), bound):
+            yield (int(shard), int(bucket)), table
+
+
 def replaced_partitions(late: pl.DataFrame) -> list[tuple]:
     """delta-rs partition filters of the partitions late windows live in ([] when none).
 
@@ -380,8 +416,8 @@ class _CleanFiles(beam.DoFn):
 class _SelectRows(beam.DoFn):
     """Clean rows of the windows this run computes, keyed by device shard."""
 
-    def __init__(self, plan: FeaturesPlan, config: FeaturesConfig):
-        self._plan, self._config = plan, config
+    def __init__(self, plan: FeaturesPlan, config: FeaturesConfig, layout: ShardLayout):
+        self._plan, self._config, self._layout = plan, config, layout
         self._late = SideTable(_late_frame)
         self._read = Metrics.counter(APP, "clean_rows_read")
         self._selected = Metrics.counter(APP, "clean_rows_selected")
@@ -398,8 +434,8 @@ class _SelectRows(beam.DoFn):
             keep = keep | window_mask(with_window(rows, size), size, self._plan, late_frame)
         rows = rows.filter(keep)
         self._selected.inc(rows.height)
-        for shard, part in split_by_shard(rows, self._config.shards, self._config.chunk):
-            yield shard, self._sizes.observe(part)
+        for key, part in split_by_key(rows, self._layout, self._config.chunk):
+            yield key, self._sizes.observe(part)
 
 
 class _ComputeFeatures(beam.DoFn):
@@ -407,12 +443,18 @@ class _ComputeFeatures(beam.DoFn):
         self._plan, self._config = plan, config
         self._late = SideTable(_late_frame)
         self._rows = Metrics.counter(APP, "feature_rows")
+        self._groups = Metrics.counter(APP, "groups")
+        # what one key carried in total: what Flink's batch GroupByKey makes one record of
+        self._group_bytes = Metrics.distribution(APP, "group_bytes")
 
     def process(self, element, late_chunks):
         _, tables = element
+        tables = list(tables)
+        self._groups.inc()
+        self._group_bytes.update(sum(t.nbytes for t in tables))
         # all chunks of the shard, in a fixed row order: the float sums, hence the features, are
         # identical on every runner and for every chunking
-        rows = (pl.from_arrow(pa.concat_tables(list(tables))).rechunk()
+        rows = (pl.from_arrow(pa.concat_tables(tables)).rechunk()
                 .sort("device_id", "sensor_type", "timestamp_utc", "value"))
         out = compute_features(rows, self._plan, self._config, self._late.get(late_chunks))
         self._rows.inc(out.num_rows)
@@ -450,9 +492,10 @@ class ComputeFeatures(beam.PTransform):
     """Clean data of a plan -> (feature tables to write, the late windows as bounded Arrow chunks:
     pass them on as a side input with ``beam.pvalue.AsList``)."""
 
-    def __init__(self, plan: FeaturesPlan, config: FeaturesConfig):
+    def __init__(self, plan: FeaturesPlan, config: FeaturesConfig, layout: ShardLayout | None = None):
         super().__init__()
         self._plan, self._config = plan, config
+        self.layout = layout or shard_layout(plan, config)
 
     def expand(self, pbegin):
         plan, config = self._plan, self._config
@@ -466,7 +509,7 @@ class ComputeFeatures(beam.PTransform):
         features = (once
                     | "CleanFiles" >> beam.ParDo(_CleanFiles(plan, config), late_si)
                     | "ReadClean" >> ReadParquetChunks(columns=ROW_COLUMNS, bound=config.chunk, site="features_clean")
-                    | "SelectRows" >> beam.ParDo(_SelectRows(plan, config), late_si)
+                    | "SelectRows" >> beam.ParDo(_SelectRows(plan, config, self.layout), late_si)
                     | "ByShard" >> beam.GroupByKey()
                     | "Features" >> beam.ParDo(_ComputeFeatures(plan, config), late_si))
         carried = (once
@@ -530,6 +573,82 @@ def newest_ingestion_us(lake_root: str, version: int) -> int | None:
         return int(pc.max(actions[column].cast(pa.int64())).as_py())
     data = lake.read(lake_root, CLEAN, version, columns=["timestamp_ingested"])
     return int(pc.max(data["timestamp_ingested"].cast(pa.int64())).as_py()) if data.num_rows else None
+
+
+def rows_per_bucket(lo: np.ndarray, hi: np.ndarray, rows: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    """Rows between consecutive ``edges`` (us) of files holding ``rows`` rows with times in [lo, hi],
+    each file's rows spread evenly over its time range (a file's statistics say no more)."""
+    hi = np.maximum(hi, lo + 1)
+    points = np.unique(np.concatenate([lo, hi]))
+    rate = rows / (hi - lo)
+    slope = np.zeros(len(points))
+    np.add.at(slope, np.searchsorted(points, lo), rate)
+    np.add.at(slope, np.searchsorted(points, hi), -rate)
+    cumulative = np.concatenate([[0.0], np.cumsum(np.cumsum(slope)[:-1] * np.diff(points))])
+    return np.diff(np.interp(edges, points, cumulative))
+
+
+def shard_layout(plan: FeaturesPlan, config: FeaturesConfig) -> ShardLayout:
+    """The keys of a run from its volume, from the clean files' statistics (row counts, time ranges):
+
+    * the time bucket is the smallest multiple of every window size (their lcm) times a power of two,
+      the largest whose busiest bucket still fits ``config.shards`` shards (few keys for small runs);
+    * the device shards are as many as the busiest bucket needs to keep an average key at
+      ``SHARD_FILL`` of ``config.group_bytes``, at least ``config.shards``.
+
+    The rows counted are those of the files overlapping the closing windows and the time the new
+    files span (late windows lie there), the files' rows spread evenly over their time ranges. One
+    device's rows in one bucket (a day of 1 s readings of 1d windows) cannot be split: that volume is
+    the limit of this layout."""
+    unit = math.lcm(*(size.us for size in config.sizes))
+    actions = (lake.open_table(plan.lake, CLEAN, plan.clean_upto).get_add_actions(flatten=True)
+               if plan.clean_upto >= 0 else None)
+    if actions is None or actions.num_rows == 0 or "min.timestamp_utc" not in actions.schema.names:
+        return ShardLayout(config.shards, unit)
+    lo, hi = (to_numpy(pc.fill_null(pc.cast(actions[f"{m}.timestamp_utc"], pa.int64()), 0)).astype(np.int64)
+              for m in ("min", "max"))
+    rows = to_numpy(pc.fill_null(actions["num_records"], 0)).astype(np.float64)
+    spans = read_intervals(plan, config.sizes, pl.from_arrow(LATE_SCHEMA.empty_table()))
+    new = {f.uri for f in plan.new_files}
+    root = lake.table_uri(plan.lake, CLEAN)
+    is_new = np.array([f"{root}/{p}" in new for p in actions["path"].to_pylist()])
+    if is_new.any():
+        spans.append((int(lo[is_new].min()), int(hi[is_new].max()) + 1))
+    # the buckets (of ``unit``) that hold data and are read: files' ranges clipped to the read spans
+    first, last = max(int(lo.min()), min(a for a, _ in spans)), min(int(hi.max()) + 1, max(b for _, b in spans))
+    if last <= first:
+        return ShardLayout(config.shards, unit)
+    edges = np.arange(first // unit, last // unit + 2, dtype=np.int64) * unit
+    counts = rows_per_bucket(lo, hi, rows, edges)
+    inside = np.zeros(len(counts), bool)
+    for a, b in spans:
+        inside |= (edges[1:] > a) & (edges[:-1] < b)
+    counts = np.where(inside, counts, 0.0)
+    row_bytes = ROW_FIXED_BYTES + _device_id_bytes(actions)
+    per_key = SHARD_FILL * config.group_bytes
+    k = 1
+    while k * 2 <= len(counts) and _busiest(counts, edges[0] // unit, k * 2) * row_bytes <= config.shards * per_key:
+        k *= 2
+    busiest = _busiest(counts, edges[0] // unit, k) * row_bytes
+    layout = ShardLayout(max(config.shards, math.ceil(busiest / per_key)), unit * k)
+    log.info("features layout: %d device shards x buckets of %d s (busiest bucket ~%.1f MB)", layout.shards,
+             layout.bucket_us // US, busiest / 1e6)
+    return layout
+
+
+def _busiest(counts: np.ndarray, first_unit: int, k: int) -> float:
+    """Most rows in one epoch-aligned group of ``k`` consecutive buckets."""
+    groups = (first_unit + np.arange(len(counts))) // k
+    return float(np.bincount(groups - groups[0], weights=counts).max())
+
+
+def _device_id_bytes(actions: pa.Table) -> int:
+    """Longest device id in the files' statistics (they may truncate it: at least 32), else the
+    contract's longest (64)."""
+    names = [c for c in ("min.device_id", "max.device_id") if c in actions.schema.names]
+    lengths = [pc.max(pc.utf8_length(actions[c])).as_py() for c in names]
+    lengths = [n for n in lengths if n is not None]
+    return max(32, *lengths) if lengths else 64
 
 
 def _missing_columns(lake_root: str, version: int | None) -> tuple[str, ...]:
