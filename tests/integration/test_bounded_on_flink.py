@@ -13,8 +13,8 @@ them) and asserts they exceed the limit, then runs the cleanse on Flink with the
 Features follows on the cleansed lake. Beam's Flink batch translator pre-combines every GroupByKey's
 values per key into ONE list record (Concatenate) before the sort, so what one key carries in total,
 not each element, must stay under the limit. Features with ``--shards 1`` keyed only by shard would
-put every row it computes (~360K rows, ~23 MB: the test computes it as the DirectRunner's largest
-group with the old keying) into one record; ``transforms.features.shard_layout`` sizes the device
+put every row it computes (~260K rows, ~16 MB here: the test measures it as the DirectRunner's
+largest group with the old keying) into one record; ``transforms.features.shard_layout`` sizes the device
 shards and time buckets from the clean files' statistics instead, so no key reaches
 ``GROUP_BYTES``, and the features table equals the DirectRunner's.
 """
