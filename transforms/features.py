@@ -614,6 +614,8 @@ def shard_layout(plan: FeaturesPlan, config: FeaturesConfig) -> ShardLayout:
     is_new = np.array([f"{root}/{p}" in new for p in actions["path"].to_pylist()])
     if is_new.any():
         spans.append((int(lo[is_new].min()), int(hi[is_new].max()) + 1))
+    if not spans:                  # nothing closes and no new file is in the snapshot (compacted since)
+        return ShardLayout(config.shards, unit)
     # the buckets (of ``unit``) that hold data and are read: files' ranges clipped to the read spans
     first, last = max(int(lo.min()), min(a for a, _ in spans)), min(int(hi.max()) + 1, max(b for _, b in spans))
     if last <= first:
