@@ -51,6 +51,9 @@ def features(devices, incidents, start: dt.datetime, end: dt.datetime, interval_
         cols[f"{s}_slope"] = np.where(vt > 0, cov / np.where(vt > 0, vt, 1), 0.0)
         cols[f"{s}_count"] = counts.astype(np.int64)
         cols[f"{s}_missing_ratio"] = np.clip(1 - counts / (w / interval_s), 0, 1)
+        # no data faults here: every reading is GOOD
+        cols[f"{s}_all_min"], cols[f"{s}_all_max"] = cols[f"{s}_min"], cols[f"{s}_max"]
+        cols[f"{s}_bad_count"] = cols[f"{s}_suspect_count"] = np.zeros(len(uniq), np.int64)
     cols["pressure_ratio"] = cols["discharge_pressure_mean"] / cols["suction_pressure_mean"]
     cols["current_per_lift"] = cols["compressor_current_mean"] / (
         cols["discharge_pressure_mean"] - cols["suction_pressure_mean"])

@@ -59,8 +59,12 @@ def arg_parser():
 
 
 def config_of(opts: CleanseOptions) -> cl.CleanseConfig:
+    # --stuck_min_duration_seconds: the config's default until the options declare it
+    min_duration = getattr(opts, "stuck_min_duration_seconds", None)
     return cl.CleanseConfig(lookback_s=opts.lookback_days * 86400, future_tolerance_s=opts.future_tolerance_seconds,
-                            stuck_run_length=opts.stuck_run_length, shards=opts.shards)
+                            stuck_run_length=opts.stuck_run_length, shards=opts.shards,
+                            stuck_min_duration_s=cl.CleanseConfig.stuck_min_duration_s if min_duration is None
+                            else min_duration)
 
 
 def baseline_path(lake_root: str, baseline_dir: str | None, table: str) -> Path | None:

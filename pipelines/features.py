@@ -2,7 +2,9 @@
 
 Per device, tumbling event-time windows (default 15 min, 1 h and 1 day; any set, e.g. 30s for a
 test bench): per sensor mean, std, min, max, last, slope, count and missing ratio over GOOD
-readings, plus cross-sensor features (discharge/suction pressure ratio, current per K of
+readings, the extremes of readings of any quality and the BAD and SUSPECT counts (all_min, all_max,
+bad_count, suspect_count: an overload beyond the valid range still reaches the models), plus
+cross-sensor features (discharge/suction pressure ratio, current per K of
 temperature lift, a superheat proxy). Incremental by time: a run computes the windows that closed
 since the previous run (watermark = newest ingestion in clean minus --allowed_lateness_seconds)
 and recomputes the closed windows that newly cleansed (late) readings fall into, replacing their
@@ -62,10 +64,11 @@ def config_of(opts: FeaturesOptions) -> ft.FeaturesConfig:
                              default_interval_s=opts.sampling_interval_seconds, shards=opts.shards)
 
 
-def build(pipeline: beam.Pipeline, plan: ft.FeaturesPlan, config: ft.FeaturesConfig, opts: FeaturesOptions) -> None:
+def build(pipeline: beam.Pipeline, plan: ft.FeaturesPlan, config: ft.FeaturesConfig, opts: FeaturesOptions,
+          layout: ft.ShardLayout | None = None) -> None:
     from schemas.validation import load_baseline
     path = baseline_path(plan.lake, opts.baseline_dir, ft.FEATURES)
-    tables, late = pipeline | "Features" >> ft.ComputeFeatures(plan, config)
+    tables, late = pipeline | "Features" >> ft.ComputeFeatures(plan, config, layout)
     tables | "Write" >> ft.WriteFeatures(plan, config.sizes, late, baseline=load_baseline(path) if path else None,
                                          sample_rate=opts.tfdv_sample_rate)
 
@@ -74,7 +77,16 @@ def _iso(us: int | None) -> str | None:
     return None if us is None else dt.datetime.fromtimestamp(us / 1e6, dt.timezone.utc).isoformat()
 
 
-def summarize(plan: ft.FeaturesPlan, config: ft.FeaturesConfig, c: dict[str, int], elapsed_s: float) -> dict:
+def largest_group_bytes(result) -> int | None:
+    """The most bytes one key of the features grouping carried (None where the runner reports none)."""
+    from apache_beam.metrics.metric import MetricsFilter
+    found = result.metrics().query(MetricsFilter().with_namespace(ft.APP).with_name("group_bytes"))["distributions"]
+    values = [d.committed if d.committed is not None else d.attempted for d in found]
+    return max((v.max for v in values if v is not None and v.count), default=None)
+
+
+def summarize(plan: ft.FeaturesPlan, config: ft.FeaturesConfig, c: dict[str, int], elapsed_s: float,
+              layout: ft.ShardLayout | None = None, largest_group: int | None = None) -> dict:
     version = lake.find_commit(plan.lake, ft.FEATURES, plan.commit_id(config.sizes))
     s = {
         "clean_versions": [plan.clean_after, plan.clean_upto],
@@ -87,6 +99,8 @@ def summarize(plan: ft.FeaturesPlan, config: ft.FeaturesConfig, c: dict[str, int
         "commit": {"version": version,
                    "rows": rows_in_version(plan.lake, ft.FEATURES, version) if version is not None else None},
         "elapsed_s": round(elapsed_s, 2),
+        "layout": {"shards": layout.shards, "bucket_s": layout.bucket_us // ft.US, "groups": c.get("groups", 0),
+                   "largest_group_bytes": largest_group} if layout else None,
     }
     s["rows_per_s"] = round(s["clean_rows_read"] / elapsed_s) if elapsed_s else None
     s["commit_matches_counts"] = s["commit"]["rows"] == s["feature_rows"] + s["carried_over_rows"]
@@ -104,7 +118,9 @@ def render(s: dict) -> str:
         "rewritten partitions",
         f"  commit                 features v{s['commit']['version']} ({s['commit']['rows']} rows)",
         f"  elapsed                {s['elapsed_s']} s, {s['rows_per_s'] or 0:,} clean rows/s",
-    ])
+    ] + ([f"  keys                   {s['layout']['shards']} device shards x {s['layout']['bucket_s']} s buckets: "
+          f"{s['layout']['groups']:,} groups, largest {s['layout']['largest_group_bytes'] or 0:,} bytes"]
+         if s.get("layout") else []))
 
 
 def run(argv: list[str] | None = None) -> dict:
@@ -119,12 +135,14 @@ def run(argv: list[str] | None = None) -> dict:
     import schemas.validation  # noqa: F401  (TensorFlow's import takes seconds: keep it out of the timing)
     started = time.monotonic()
     pipeline = beam.Pipeline(options=options)
-    build(pipeline, plan, config, opts)
+    layout = ft.shard_layout(plan, config)
+    build(pipeline, plan, config, opts, layout)
     result = pipeline.run()
     if cli.is_dry_run(options):
         return {"dry_run": True}
     result.wait_until_finish()
-    summary = summarize(plan, config, cli.metric_counters(result, ft.APP), time.monotonic() - started)
+    summary = summarize(plan, config, cli.metric_counters(result, ft.APP), time.monotonic() - started, layout,
+                        largest_group_bytes(result))
     if summary["commit"]["version"] is not None:
         ensure_baseline(plan.lake, ft.FEATURES, summary["commit"]["version"],
                         baseline_path(plan.lake, opts.baseline_dir, ft.FEATURES))

@@ -102,8 +102,12 @@ DEVICES = pa.schema([
     _req("active", pa.bool_()),
 ])
 
-# Per-sensor window statistics, named <sensor>_<stat> in the features table.
-FEATURE_STATS = ("mean", "std", "min", "max", "last", "slope", "count", "missing_ratio")
+# Per-sensor window statistics, named <sensor>_<stat> in the features table. The GOOD_STATS are of
+# GOOD readings only; the QUALITY_STATS see every reading, so a reading flagged BAD or SUSPECT (an
+# overload beyond the valid range, a stuck sensor) still shows in the window's features.
+GOOD_STATS = ("mean", "std", "min", "max", "last", "slope", "count", "missing_ratio")
+QUALITY_STATS = ("all_min", "all_max", "bad_count", "suspect_count")
+FEATURE_STATS = GOOD_STATS + QUALITY_STATS
 CROSS_FEATURES = ("pressure_ratio", "current_per_lift", "superheat_proxy")
 
 

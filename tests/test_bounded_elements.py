@@ -6,6 +6,7 @@ exercised) and with the default one. DirectRunner."""
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import pickle
 import shutil
 
@@ -18,9 +19,12 @@ import pytest
 from apache_beam.testing.util import assert_that, equal_to
 
 from pipelines import cleanse, features
+from schemas import contracts
+from schemas.sensors import SENSORS
 from tests.helpers import run_simulator
 from transforms import arrow
 from transforms import cleansing as cl
+from transforms import features as ft
 from transforms import lake as lake_io
 
 TINY = arrow.ChunkBound(rows=100, nbytes=4096)
@@ -153,3 +157,72 @@ def test_cleanse_and_features_are_identical_with_a_tiny_bound(tmp_path, monkeypa
         a, b = _canonical(base, table), _canonical(tiny, table)
         assert a.height > 0, table
         assert a.equals(b), f"{table}: a 100-row bound changed the output"
+
+
+# --- features: what one key of its grouping carries in total --------------------------------
+
+FLINK_SORT_RECORD_LIMIT = 6_684_672
+DAY = dt.datetime(2026, 11, 19, tzinfo=dt.timezone.utc)
+
+
+def _clean_lake(path: str, devices: int, minutes: int = 1440 + 10) -> str:
+    """A clean table of ``devices`` devices x 5 sensors, one reading a minute for a day and 10 min:
+    the day's windows have closed."""
+    n_t = minutes
+    t = np.arange(n_t, dtype=np.int64) * 60_000_000 + int(DAY.timestamp() * 1e6)
+    sensors = list(SENSORS)
+    dev, sen, k = (a.ravel() for a in np.meshgrid(np.arange(devices), np.arange(len(sensors)), np.arange(n_t),
+                                                    indexing="ij"))
+    ts = pa.array(t[k]).cast(contracts.UTC_TS)
+    rng = np.random.default_rng(devices)
+    data = pa.table({
+        "event_id": pa.array([f"e{i}" for i in range(len(k))]),
+        "device_id": pa.array(np.char.add("dev-", dev.astype(str)).astype(object)),
+        "sensor_type": pa.array(np.array(sensors, dtype=object)[sen]),
+        "value": pa.array(10 + rng.random(len(k))),
+        "unit": pa.array(np.array([SENSORS[s].canonical_unit for s in sensors], dtype=object)[sen]),
+        "timestamp_utc": ts, "timestamp_ingested": ts,
+        "quality": pa.array(np.where(k % 97 == 0, "BAD", "GOOD").astype(object)),
+        "quality_reasons": pa.array([[]] * len(k), pa.list_(pa.string())),
+        "date": ts.cast(pa.date32()),
+    })
+    lake_io.append(path, "clean_sensor_readings", data)
+    return path
+
+
+def _features_with(lake: str, config_of, monkeypatch, **changes) -> dict:
+    monkeypatch.setattr(features, "config_of", lambda o: dataclasses.replace(config_of(o), **changes))
+    try:
+        return features.run(["--lake", lake, "--shards", "1"])
+    finally:
+        monkeypatch.undo()
+
+
+def test_features_shards_grow_with_volume_and_no_key_outgrows_the_bound(tmp_path, monkeypatch):
+    config = ft.FeaturesConfig(shards=1)
+    small, large = (_clean_lake(str(tmp_path / name / "lake"), n) for name, n in (("small", 4), ("large", 48)))
+    layouts = {name: ft.shard_layout(ft.plan_run(path, config.sizes, 60.0), config)
+               for name, path in (("small", small), ("large", large))}
+    assert layouts["small"].shards < layouts["large"].shards, layouts
+    assert layouts["large"].bucket_us == 86400 * 10**6             # every 1d window whole in one key
+    assert layouts["large"].shards > 10
+
+    same = str(tmp_path / "one_key" / "lake")
+    shutil.copytree(tmp_path / "large", tmp_path / "one_key")
+    got = _features_with(large, features.config_of, monkeypatch)
+    # the old keying: one shard, so one key held every row the run computes
+    old = _features_with(same, features.config_of, monkeypatch, group_bytes=10**15)
+    assert old["layout"]["shards"] == 1 and old["layout"]["groups"] <= 2
+    # that old key was several times Flink's record limit; now no key reaches the bound
+    assert old["layout"]["largest_group_bytes"] > 2 * FLINK_SORT_RECORD_LIMIT, old["layout"]
+    assert got["layout"]["largest_group_bytes"] < ft.GROUP_BYTES, got["layout"]
+    assert got["layout"]["shards"] > 10 and got["layout"]["groups"] > 10       # a shard may get no device
+    assert got["feature_rows"] == old["feature_rows"] == 48 * (1 + 24 + 96) and got["clean_rows_selected"] > 300_000
+    a, b = _canonical(large, "features"), _canonical(same, "features")
+    assert a.equals(b), "the keying changed the features"
+
+
+def test_rows_per_bucket_spreads_each_file_over_its_time_range():
+    lo, hi = np.array([0, 50]), np.array([100, 150])
+    got = ft.rows_per_bucket(lo, hi, np.array([100.0, 10.0]), np.array([0, 50, 100, 150, 200]))
+    assert got == pytest.approx([50, 55, 5, 0])

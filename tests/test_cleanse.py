@@ -285,6 +285,38 @@ def test_a_stuck_run_continues_across_runs_through_clean_context(lake):
     assert got["c0"] == "GOOD"
 
 
+def _series(sensor: str, values, step_s: float, device: str = "d1", start: dt.datetime = T0) -> pl.DataFrame:
+    return pl.DataFrame({"device_id": device, "sensor_type": sensor,
+                         "event_id": [f"{sensor}{i}" for i in range(len(values))], "value": [float(v) for v in values],
+                         "timestamp_utc": [start + dt.timedelta(seconds=i * step_s) for i in range(len(values))]},
+                        schema_overrides={"timestamp_utc": pl.Datetime("us", "UTC")})
+
+
+def test_stuck_value_needs_a_run_long_in_time_and_equal_within_the_resolution():
+    config = cl.CleanseConfig()
+
+    def stuck(frame, context=None):
+        return cl.stuck_mask(frame, context, config.stuck_run_length, config.stuck_min_duration_s).to_list()
+    # 1 s sampling: a quantised pressure (1 kPa) steady for 2 minutes at a time is not stuck
+    steady = _series("suction_pressure", [300.0] * 120 + [301.0] * 120 + [300.0] * 120, 1)
+    assert not any(stuck(steady))
+    # ... a sensor repeating its value for 15 minutes is (all of the run, not only its end)
+    frozen = _series("suction_pressure", [299.0] * 30 + [300.0] * 900 + [301.0] * 30, 1)
+    assert stuck(frozen) == [False] * 30 + [True] * 900 + [False] * 30
+    # equal within the resolution: psi converted to kPa carries float noise, still one run; a step
+    # of one resolution ends it
+    psi = 43.5113 * 6.894757293168
+    noisy = _series("suction_pressure", [psi + e for e in (1e-9, -1e-9) * 300] + [psi + 1.0] * 5, 2)
+    assert stuck(noisy) == [True] * 600 + [False] * 5
+    # the count still applies: at 5 min sampling two equal readings span 5 min but are not a run
+    slow = _series("temperature", [4.0, 4.0, 4.0, 5.0], 300)
+    assert not any(stuck(slow))
+    # and the time counts across the context: 8 min of earlier clean rows + 2 min of new ones
+    ctx = _series("vibration", [2.5] * 480, 1)
+    new = _series("vibration", [2.5] * 120, 1, start=T0 + dt.timedelta(seconds=480))
+    assert all(stuck(new, ctx.with_columns(pl.col("event_id") + "c"))) and not any(stuck(new))
+
+
 # --- crash recovery -----------------------------------------------------------------------------
 
 def _two_versions(lake: str) -> None:

@@ -3,6 +3,7 @@ test bench uses), windows are computed once closed, and late data recomputes exa
 touched, replacing their rows in the same single commit."""
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 
 import pyarrow as pa
@@ -124,6 +125,31 @@ def test_features_equal_hand_computed_values(runs):
     assert rows[("d2", "1m", 0)]["temperature_missing_ratio"] == pytest.approx(1 - 1 / 6)
 
 
+def test_an_overload_above_the_valid_range_changes_the_window_features(runs, tmp_path):
+    """The BAD 99 C at 25 s (valid range up to 80 C) is left out of the GOOD statistics, but shows in
+    the extremes of all readings and the BAD count; a SUSPECT reading shows in its count."""
+    w = runs[2][("d1", "30s", 0)]
+    assert (w["temperature_all_min"], w["temperature_all_max"]) == (1.0, 99.0)
+    assert (w["temperature_bad_count"], w["temperature_suspect_count"], w["temperature_max"]) == (1, 0, 4.0)
+    assert (w["suction_pressure_all_min"], w["suction_pressure_all_max"], w["suction_pressure_bad_count"]) == \
+        (300.0, 300.0, 0)
+    assert (w["vibration_all_max"], w["vibration_bad_count"], w["vibration_suspect_count"]) == (None, 0, 0)
+
+    def window(rows: list[dict], name: str) -> dict:
+        lake = str(tmp_path / name / "lake")
+        add_clean(lake, rows)
+        run(lake)
+        return table(lake)[("d1", "30s", 0)]
+    others = [r for r in FIRST if r["quality"] == "GOOD"]
+    without = window(others, "without")
+    changed = {c for c in w if w[c] != without[c]} - {"computed_at"}
+    assert changed == {"temperature_all_max", "temperature_bad_count"}
+    assert (without["temperature_all_max"], without["temperature_bad_count"]) == (4.0, 0)
+    suspect = window(others + [row("d1", "temperature", 25, 4.0, 100, quality="SUSPECT")], "suspect")
+    changed = {c for c in w if suspect[c] != without[c]} - {"computed_at"}
+    assert changed == {"temperature_suspect_count"} and suspect["temperature_suspect_count"] == 1
+
+
 def test_late_data_recomputes_exactly_the_windows_it_touched(runs):
     lake, first, before, second, after = runs
     # late: [0, 30) and [0, 60) got a reading, [60, 90) closed empty and got one; closing: [90, 120), [60, 120)
@@ -183,3 +209,24 @@ def test_crash_between_writing_files_and_the_commit_then_rerun(runs, tmp_path, m
 def _values(rows: dict[tuple, dict]) -> dict[tuple, dict]:
     """Window rows without the run-dependent columns."""
     return {k: {c: v for c, v in r.items() if c not in ("computed_at", "source_version")} for k, r in rows.items()}
+
+
+def test_a_table_written_before_the_quality_columns_gets_them(tmp_path, monkeypatch):
+    """A features table of the older contract (no all_min/all_max/bad_count/suspect_count): the next
+    run's commit adds the columns to the table's schema, its old rows read them as nulls."""
+    lake = str(tmp_path / "lake")
+    table_ = contracts.TABLES["features"]
+    old = pa.schema([f for f in table_.schema if not f.name.endswith(contracts.QUALITY_STATS)])
+    with monkeypatch.context() as m:
+        m.setitem(contracts.TABLES, "features", dataclasses.replace(table_, schema=old))
+        add_clean(lake, FIRST)
+        run(lake)
+    assert "temperature_all_max" not in lake_io.open_table(lake, "features").schema().to_pyarrow().names
+    add_clean(lake, [row("d1", "temperature", 125, 90.0, 200, quality="BAD")])
+    second = run(lake)
+    assert second["feature_rows"] == 4 and second["carried_over_rows"] == 0        # [90, 180) closed
+    rows = table(lake)
+    assert len(rows) == 9
+    assert rows[("d1", "30s", 0)]["temperature_all_max"] is None               # written before
+    assert (rows[("d1", "30s", 120)]["temperature_all_max"], rows[("d1", "30s", 120)]["temperature_bad_count"]) \
+        == (90.0, 1)

@@ -24,10 +24,15 @@ Vectorised logic (polars/pyarrow over whole Arrow tables) plus the composite PTr
   ``future_timestamp`` -> BAD: ``timestamp_utc`` later than ``timestamp_ingested`` plus a tolerance
   (default 5 min of clock skew). A reading cannot come from the future: the device clock is wrong,
   so its time, and the window it would feed, cannot be trusted.
-  ``stuck_value`` -> SUSPECT: the same canonical value ``stuck_run_length`` (default 10) or more
-  times in a row per device and sensor, in time order. Runs continue across runs through the clean
-  rows of the hour before the new rows; rows committed earlier are not re-flagged (the table is
-  append-only), only the new rows of a run are.
+  ``stuck_value`` -> SUSPECT: a run, per device and sensor in time order, of canonical values equal
+  within the sensor's resolution (``schemas.sensors``: the same multiple of it once rounded, so the
+  float noise of a unit conversion does not break a run) that is long in count AND in time: at
+  least ``stuck_run_length`` readings (default 10) spanning at least ``stuck_min_duration_s``
+  (default 9 min) from first to last. A steady quantised pressure at 1 s sampling repeats its value
+  for seconds, a stuck sensor for many minutes; at the fleet's 1-minute sampling ten readings span
+  9 min, so there the rule is the count rule it always was. Runs continue across runs through the
+  clean rows of the hour (or the minimum duration, if longer) before the new rows; rows committed
+  earlier are not re-flagged (the table is append-only), only the new rows of a run are.
   Late arrival is not a quality problem: replays are correct readings (features recompute the
   windows they touch).
 * Time: :func:`transforms.timestamps.parse_ts` with the registry timezone (DST gap: offset before
@@ -103,6 +108,9 @@ class CleanseConfig:
     lookback_s: float = 7 * 86400
     future_tolerance_s: float = 300
     stuck_run_length: int = 10
+    # a stuck run must also last this long: at 1 s sampling ten equal readings of a steady quantised
+    # pressure are normal; 9 min is what ten readings meant at the fleet's 1-minute sampling
+    stuck_min_duration_s: float = 540.0
     shards: int = 8
     chunk: ChunkBound = DEFAULT_BOUND        # most rows/bytes of one table element crossing a shuffle
 
@@ -177,20 +185,31 @@ def dedup(new: pl.DataFrame, clean_ids: pl.Series | None) -> tuple[pl.DataFrame,
     return kept, within, new.height - kept.height
 
 
-def stuck_mask(new: pl.DataFrame, context: pl.DataFrame | None, run_length: int) -> pl.Series:
-    """True for new rows inside a run of >= ``run_length`` equal values (per device and sensor, in
-    time order), counting earlier clean rows of the same device and sensor from ``context``."""
+def _resolutions() -> pl.DataFrame:
+    return pl.DataFrame({"sensor_type": list(SENSORS), "_res": [spec.resolution for spec in SENSORS.values()]})
+
+
+def stuck_mask(new: pl.DataFrame, context: pl.DataFrame | None, run_length: int,
+               min_duration_s: float = 0.0) -> pl.Series:
+    """True for new rows inside a stuck run (per device and sensor, in time order): values equal within
+    the sensor's resolution (the same multiple of it once rounded), at least ``run_length`` of them
+    AND spanning at least ``min_duration_s`` from the first to the last; earlier clean rows of the
+    same device and sensor from ``context`` count."""
     cols = ["device_id", "sensor_type", "timestamp_utc", "event_id", "value"]
     parts = [new.select(cols).with_columns(pl.int_range(pl.len(), dtype=pl.Int64).alias("_i"))]
     if context is not None and context.height:
         keys = new.select("device_id", "sensor_type").unique()
         ctx = context.select(cols).join(keys, on=["device_id", "sensor_type"], how="semi")
         parts.append(ctx.with_columns(pl.lit(-1, pl.Int64).alias("_i")))
-    both = pl.concat(parts).sort(["device_id", "sensor_type", "timestamp_utc", "event_id"])
-    starts = ((pl.col("value") != pl.col("value").shift(1)) | (pl.col("device_id") != pl.col("device_id").shift(1))
+    both = (pl.concat(parts).sort(["device_id", "sensor_type", "timestamp_utc", "event_id"])
+            .join(_resolutions(), on="sensor_type", how="left", maintain_order="left")
+            .with_columns((pl.col("value") / pl.col("_res")).round(0).alias("_level")))
+    starts = ((pl.col("_level") != pl.col("_level").shift(1)) | (pl.col("device_id") != pl.col("device_id").shift(1))
               | (pl.col("sensor_type") != pl.col("sensor_type").shift(1))).fill_null(True)
     both = both.with_columns(starts.cum_sum().alias("_run"))
-    both = both.with_columns((pl.len().over("_run") >= run_length).alias("_stuck"))
+    t = pl.col("timestamp_utc").dt.epoch("us")
+    long_in_time = (t.max() - t.min()).over("_run") >= int(min_duration_s * US)
+    both = both.with_columns(((pl.len().over("_run") >= run_length) & long_in_time).alias("_stuck"))
     flagged = both.filter(pl.col("_i") >= 0).sort("_i")["_stuck"]
     return flagged
 
@@ -221,7 +240,7 @@ def cleanse_shard(new: pl.DataFrame, context: pl.DataFrame | None, config: Clean
     counts = {"candidates": new.height}
     rows, counts["duplicates_within_batch"], counts["duplicates_against_clean"] = dedup(
         new, context["event_id"] if context is not None else None)
-    clean = finish(rows, stuck_mask(rows, context, config.stuck_run_length))
+    clean = finish(rows, stuck_mask(rows, context, config.stuck_run_length, config.stuck_min_duration_s))
     return lake.conform(CLEAN, clean.to_arrow()), counts
 
 
@@ -248,10 +267,10 @@ def hour_buckets(timestamps: pa.Array | pa.ChunkedArray) -> set[int]:
     return set(np.unique(us // HOUR_US).tolist())
 
 
-def context_intervals(buckets: set[int], lookback_start_us: int) -> list[tuple[int, int]]:
-    """[start, end) in us: the hours of the new rows and the hour before each (stuck-run context),
-    not before the lookback start; merged and sorted."""
-    spans = sorted((max((b - 1) * HOUR_US, lookback_start_us), (b + 1) * HOUR_US)
+def context_intervals(buckets: set[int], lookback_start_us: int, hours_before: int = 1) -> list[tuple[int, int]]:
+    """[start, end) in us: the hours of the new rows and ``hours_before`` hours before each
+    (stuck-run context), not before the lookback start; merged and sorted."""
+    spans = sorted((max((b - hours_before) * HOUR_US, lookback_start_us), (b + 1) * HOUR_US)
                    for b in buckets if (b + 1) * HOUR_US > lookback_start_us)
     merged: list[list[int]] = []
     for lo, hi in spans:
@@ -388,12 +407,15 @@ def lookback_start_us(footprint, lookback_s: float) -> int:
 
 
 class _ContextFiles(beam.DoFn):
-    def __init__(self, lake_root: str, version: int | None, lookback_s: float):
-        self._lake, self._version, self._lookback_s = lake_root, version, lookback_s
+    def __init__(self, lake_root: str, version: int | None, config: CleanseConfig):
+        self._lake, self._version, self._lookback_s = lake_root, version, config.lookback_s
+        # a stuck run of the new rows must be seen over its minimum duration
+        self._hours_before = max(1, int(np.ceil(config.stuck_min_duration_s * US / HOUR_US)))
         self._files = Metrics.counter(APP, "context_files")
 
     def process(self, footprint):
-        intervals = context_intervals(footprint[0], lookback_start_us(footprint, self._lookback_s))
+        intervals = context_intervals(footprint[0], lookback_start_us(footprint, self._lookback_s),
+                                      self._hours_before)
         for uri in files_overlapping(self._lake, CLEAN, self._version, "timestamp_utc", intervals):
             self._files.inc()
             yield uri
@@ -495,7 +517,7 @@ class Cleanse(beam.PTransform):
         candidates = prepared.candidates
         footprint = candidates | "Footprint" >> beam.CombineGlobally(_Footprint())
         context = (footprint
-                   | "ContextFiles" >> beam.ParDo(_ContextFiles(plan.lake, plan.clean_version, config.lookback_s))
+                   | "ContextFiles" >> beam.ParDo(_ContextFiles(plan.lake, plan.clean_version, config))
                    | "ReadContext" >> ReadParquetChunks(columns=CONTEXT_COLUMNS, bound=config.chunk,
                                                         site="cleanse_context_read")
                    | "ContextShards" >> beam.ParDo(_ContextToShards(config),

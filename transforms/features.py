@@ -5,9 +5,12 @@ Vectorised logic (polars over Arrow tables) plus the composite PTransforms run b
 
 * Windows are tumbling and aligned to the Unix epoch in UTC (a 1d window is a UTC day); sizes are
   an option (``30s``, ``15m``, ``1h``, ``1d``...). ``date`` is the UTC date of ``window_start``.
-* One row per device and window holding at least one clean reading of any quality. Statistics use
-  GOOD readings only; a sensor without GOOD readings has ``count`` 0, ``missing_ratio`` 1 and null
-  statistics.
+* One row per device and window holding at least one clean reading of any quality. The statistics
+  below use GOOD readings only; a sensor without GOOD readings has ``count`` 0, ``missing_ratio`` 1
+  and null statistics. So that no reading vanishes from the model inputs (an overload beyond the
+  valid range is BAD, a stuck sensor SUSPECT), every sensor also has ``all_min`` and ``all_max``, the
+  extremes of its readings of any quality (null without readings), and ``bad_count`` and
+  ``suspect_count``, its BAD and SUSPECT readings in the window.
 * Per sensor: ``mean``; ``std`` (sample, n-1; null below 2 readings); ``min``; ``max``; ``last`` (the
   value of the latest reading); ``slope`` (least squares, canonical unit per minute; null below two
   distinct times); ``count``; ``missing_ratio`` = 1 - count / expected, clipped to [0, 1], where
@@ -36,17 +39,23 @@ recomputed for its device, and the files of that span are read for all devices a
 late reading in a closed 1d window re-reads that day. Allowed lateness above the usual ingestion
 delay keeps this rare; clean files clustered by device shard would bound it to one shard. Every
 element crossing a shuffle is an Arrow table within ``FeaturesConfig.chunk`` (:mod:`transforms.arrow`):
-a shard's rows are grouped as many chunks and concatenated in its DoFn; the late windows reach
-their consumers as a side input of bounded chunks, deduplicated once per DoFn instance.
+a key's rows are grouped as many chunks and concatenated in its DoFn; the late windows reach
+their consumers as a side input of bounded chunks, deduplicated once per DoFn instance. On Flink a
+key's chunks become ONE record before the sort, so a key's total is bounded too: rows are keyed by
+(device shard, time bucket), both sized per run from the clean files' statistics
+(:func:`shard_layout`, :class:`ShardLayout`), so each key carries about a quarter of
+``FeaturesConfig.group_bytes`` (4 MB) and every window of a device lies whole in one key.
 """
 from __future__ import annotations
 
 import datetime as dt
 import logging
+import math
 import re
 from dataclasses import dataclass, field
 
 import apache_beam as beam
+import numpy as np
 import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -55,9 +64,9 @@ from apache_beam.metrics import Metrics
 from schemas import contracts
 from schemas.sensors import SENSOR_TYPES
 from transforms import delta, lake
-from transforms.arrow import DEFAULT_BOUND, ChunkBound, ChunkTables, ElementSizes, Gather, ReadParquetChunks
-from transforms.arrow import SideTable
-from transforms.cleansing import CLEAN, files_overlapping, split_by_shard
+from transforms.arrow import DEFAULT_BOUND, ChunkBound, ChunkTables, ElementSizes, Gather, ReadParquetChunks, to_numpy
+from transforms.arrow import SideTable, chunks
+from transforms.cleansing import BAD, CLEAN, GOOD, SUSPECT, files_overlapping, shard_of
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +74,11 @@ FEATURES = "features"
 APP = "features"
 US = 1_000_000
 ROW_COLUMNS = ["device_id", "sensor_type", "value", "timestamp_utc", "quality"]
+GROUP_BYTES = 4 << 20       # well under Flink's 6,684,672-byte sort-buffer record limit
+SHARD_FILL = 0.25           # shards are sized for a quarter of the bound: devices hash unevenly into shards
+# Arrow bytes of one row of ROW_COLUMNS besides its device id: offsets, sensor type, value, time, quality
+ROW_FIXED_BYTES = 3 * 4 + max(map(len, SENSOR_TYPES)) + 8 + 8 + max(map(len, contracts.QUALITY_LEVELS))
+TABLES_PARTITIONS = contracts.TABLES[FEATURES].partition_by
 LATE_SCHEMA = pa.schema([("device_id", pa.string()), ("window_size", pa.string()), ("window_start", pa.int64())])
 # R134a saturation pressure (kPa) ~ exp(A - B / T[K]); fitted at 0 and 40 C, within 2 % from -26 to 60 C
 SAT_A, SAT_B = 15.421, 2661.0
@@ -104,8 +118,24 @@ def parse_window_sizes(text: str) -> tuple[WindowSize, ...]:
 class FeaturesConfig:
     sizes: tuple[WindowSize, ...] = parse_window_sizes("15m,1h,1d")
     default_interval_s: float = 60.0
-    shards: int = 8
+    shards: int = 8                          # fewest device shards (more when the run's volume needs them)
     chunk: ChunkBound = DEFAULT_BOUND        # most rows/bytes of one table element crossing a shuffle
+    group_bytes: int = GROUP_BYTES           # most bytes all elements of one ByShard key should carry
+
+
+@dataclass(frozen=True)
+class ShardLayout:
+    """How the rows a run computes are keyed for the one grouping: (device shard, time bucket).
+
+    Beam's Flink batch translator concatenates all values of a key into ONE record before its sort,
+    so a key's total, not each element, must stay under Flink's sort-buffer limit. A key holds the
+    rows of its devices within one time bucket: a multiple of every window size, aligned to the
+    epoch like the windows, so every window of a device lies whole in one key."""
+    shards: int
+    bucket_us: int
+
+    def keys(self, rows: pl.DataFrame) -> list[pl.Series]:
+        return [shard_of(rows, self.shards).alias("_shard"), (_epoch_us() // self.bucket_us).alias("_bucket")]
 
 
 @dataclass(frozen=True)
@@ -118,6 +148,7 @@ class FeaturesPlan:
     previous: dict[str, int | None]              # window size -> watermark (us) of the previous run
     watermark_us: int
     features_version: int | None
+    missing_columns: tuple[str, ...] = ()      # contract columns the features table's schema lacks
     computed_at: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.timezone.utc))
 
     def closing(self, size: WindowSize) -> tuple[int | None, int]:
@@ -127,6 +158,12 @@ class FeaturesPlan:
     def inputs(self, sizes) -> dict:
         return {CLEAN: [self.clean_after, self.clean_upto],
                 "watermarks_us": {s.label: self.closing(s)[1] for s in sizes}}
+
+    def schema_upgrade_filters(self) -> list[tuple]:
+        """Filters of an overwrite that replaces nothing, for a table written before columns were added:
+        delta-rs 0.18 updates a table's schema in an overwrite only (an append would keep the old schema
+        and hide the new columns). Its rows read the added columns as nulls."""
+        return [("window_size", "=", "")] if self.missing_columns else []
 
     def commit_id(self, sizes) -> str:
         return f"{APP}/{self.clean_after}-{self.clean_upto}/{'+'.join(s.label for s in sizes)}"
@@ -208,6 +245,16 @@ def _sensor_stats(good: pl.DataFrame) -> pl.DataFrame:
         pl.len().cast(pl.Int64).alias("count")))
 
 
+def _quality_stats(rows: pl.DataFrame) -> pl.DataFrame:
+    """Per sensor, over readings of every quality: the extremes and the BAD and SUSPECT counts."""
+    quality = pl.col("quality")
+    return (rows.group_by("device_id", "_ws", "sensor_type").agg(
+        pl.col("value").min().alias("all_min"),
+        pl.col("value").max().alias("all_max"),
+        (quality == BAD).sum().cast(pl.Int64).alias("bad_count"),
+        (quality == SUSPECT).sum().cast(pl.Int64).alias("suspect_count")))
+
+
 def _intervals(rows: pl.DataFrame, default_s: float) -> pl.DataFrame:
     """Median gap (us) between consecutive readings of one sensor, per device and window."""
     gaps = (rows.select("device_id", "_ws", "sensor_type", _epoch_us().alias("_t"))
@@ -236,14 +283,16 @@ def window_features(rows: pl.DataFrame, size: WindowSize, default_interval_s: fl
     """Feature rows of the windows in ``rows`` (which carry ``_ws``), in the FEATURES schema."""
     windows = _intervals(rows, default_interval_s).with_columns(
         (pl.lit(size.us) / pl.col("_interval") + EXPECTED_SLACK).floor().clip(lower_bound=1).alias("_expected"))
-    stats = _sensor_stats(rows.filter(pl.col("quality") == contracts.QUALITY_LEVELS[0]))
+    keys = ["device_id", "_ws", "sensor_type"]
+    stats = _quality_stats(rows).join(_sensor_stats(rows.filter(pl.col("quality") == GOOD)), on=keys, how="left")
     wide = windows
     for sensor in SENSOR_TYPES:
         s = stats.filter(pl.col("sensor_type") == sensor).drop("sensor_type")
         s = s.rename({c: f"{sensor}_{c}" for c in s.columns if c not in ("device_id", "_ws")})
         wide = wide.join(s, on=["device_id", "_ws"], how="left")
         count = pl.col(f"{sensor}_count").fill_null(0)
-        wide = wide.with_columns(count.alias(f"{sensor}_count"),
+        counts = (pl.col(f"{sensor}_{c}").fill_null(0) for c in ("count", "bad_count", "suspect_count"))
+        wide = wide.with_columns(*counts,
                                  (1 - count / pl.col("_expected")).clip(0, 1).alias(f"{sensor}_missing_ratio"))
     start = pl.from_epoch(pl.col("_ws"), time_unit="us").dt.replace_time_zone("UTC")
     out = cross_features(wide).with_columns(
@@ -267,6 +316,16 @@ def compute_features(rows: pl.DataFrame, plan: FeaturesPlan, config: FeaturesCon
     return lake.conform(FEATURES, pl.concat(parts).to_arrow())
 
 
+def split_by_key(rows: pl.DataFrame, layout: ShardLayout, bound: ChunkBound):
+    """((shard, bucket), Arrow table) pairs of the rows, each table within ``bound``."""
+    if rows.height == 0:
+        return
+    keyed = rows.with_columns(*layout.keys(rows))
+    for (shard, bucket), part in keyed.partition_by("_shard", "_bucket", as_dict=True).items():
+        for table in chunks(part.drop("_shard", "_bucket").to_arrow(), bound):
+            yield (int(shard), int(bucket)), table
+
+
 def replaced_partitions(late: pl.DataFrame) -> list[tuple]:
     """delta-rs partition filters of the partitions late windows live in ([] when none).
 
@@ -287,11 +346,23 @@ def partition_values_of(path: str) -> dict[str, str]:
     return out
 
 
+def with_added_columns(old: pa.Table) -> pa.Table:
+    """Rows of a file written before columns were added to the contract, with those (nullable)
+    columns as nulls: what Delta reads for a column a file does not have."""
+    partitions = TABLES_PARTITIONS
+    for f in contracts.FEATURES:
+        if f.name not in old.column_names and f.name not in partitions:
+            if not f.nullable:
+                raise ValueError(f"features file without the required column {f.name!r}")
+            old = old.append_column(f, pa.nulls(old.num_rows, f.type))
+    return old
+
+
 def carry_over(old: pa.Table, uri: str, late: pl.DataFrame) -> pa.Table:
     """Old feature rows of a rewritten partition, minus the windows recomputed in this run."""
     parts = partition_values_of(uri)
     values = {"window_size": parts["window_size"], "date": dt.date.fromisoformat(parts["date"])}
-    data = delta.with_partition_columns(FEATURES, old, sorted(values.items()))
+    data = delta.with_partition_columns(FEATURES, with_added_columns(old), sorted(values.items()))
     frame = pl.from_arrow(data)
     keys = late.filter(pl.col("window_size") == parts.get("window_size")).select(
         "device_id", pl.from_epoch(pl.col("window_start"), time_unit="us").dt.replace_time_zone("UTC"))
@@ -345,8 +416,8 @@ class _CleanFiles(beam.DoFn):
 class _SelectRows(beam.DoFn):
     """Clean rows of the windows this run computes, keyed by device shard."""
 
-    def __init__(self, plan: FeaturesPlan, config: FeaturesConfig):
-        self._plan, self._config = plan, config
+    def __init__(self, plan: FeaturesPlan, config: FeaturesConfig, layout: ShardLayout):
+        self._plan, self._config, self._layout = plan, config, layout
         self._late = SideTable(_late_frame)
         self._read = Metrics.counter(APP, "clean_rows_read")
         self._selected = Metrics.counter(APP, "clean_rows_selected")
@@ -363,8 +434,8 @@ class _SelectRows(beam.DoFn):
             keep = keep | window_mask(with_window(rows, size), size, self._plan, late_frame)
         rows = rows.filter(keep)
         self._selected.inc(rows.height)
-        for shard, part in split_by_shard(rows, self._config.shards, self._config.chunk):
-            yield shard, self._sizes.observe(part)
+        for key, part in split_by_key(rows, self._layout, self._config.chunk):
+            yield key, self._sizes.observe(part)
 
 
 class _ComputeFeatures(beam.DoFn):
@@ -372,12 +443,18 @@ class _ComputeFeatures(beam.DoFn):
         self._plan, self._config = plan, config
         self._late = SideTable(_late_frame)
         self._rows = Metrics.counter(APP, "feature_rows")
+        self._groups = Metrics.counter(APP, "groups")
+        # what one key carried in total: what Flink's batch GroupByKey makes one record of
+        self._group_bytes = Metrics.distribution(APP, "group_bytes")
 
     def process(self, element, late_chunks):
         _, tables = element
+        tables = list(tables)
+        self._groups.inc()
+        self._group_bytes.update(sum(t.nbytes for t in tables))
         # all chunks of the shard, in a fixed row order: the float sums, hence the features, are
         # identical on every runner and for every chunking
-        rows = (pl.from_arrow(pa.concat_tables(list(tables))).rechunk()
+        rows = (pl.from_arrow(pa.concat_tables(tables)).rechunk()
                 .sort("device_id", "sensor_type", "timestamp_utc", "value"))
         out = compute_features(rows, self._plan, self._config, self._late.get(late_chunks))
         self._rows.inc(out.num_rows)
@@ -415,9 +492,10 @@ class ComputeFeatures(beam.PTransform):
     """Clean data of a plan -> (feature tables to write, the late windows as bounded Arrow chunks:
     pass them on as a side input with ``beam.pvalue.AsList``)."""
 
-    def __init__(self, plan: FeaturesPlan, config: FeaturesConfig):
+    def __init__(self, plan: FeaturesPlan, config: FeaturesConfig, layout: ShardLayout | None = None):
         super().__init__()
         self._plan, self._config = plan, config
+        self.layout = layout or shard_layout(plan, config)
 
     def expand(self, pbegin):
         plan, config = self._plan, self._config
@@ -431,7 +509,7 @@ class ComputeFeatures(beam.PTransform):
         features = (once
                     | "CleanFiles" >> beam.ParDo(_CleanFiles(plan, config), late_si)
                     | "ReadClean" >> ReadParquetChunks(columns=ROW_COLUMNS, bound=config.chunk, site="features_clean")
-                    | "SelectRows" >> beam.ParDo(_SelectRows(plan, config), late_si)
+                    | "SelectRows" >> beam.ParDo(_SelectRows(plan, config, self.layout), late_si)
                     | "ByShard" >> beam.GroupByKey()
                     | "Features" >> beam.ParDo(_ComputeFeatures(plan, config), late_si))
         carried = (once
@@ -453,7 +531,7 @@ class _Commit(beam.DoFn):
         if report is not None and report.hard_breaks:
             from schemas.validation import ContractViolation
             raise ContractViolation(report)
-        filters = replaced_partitions(self._late.get(late_chunks))
+        filters = replaced_partitions(self._late.get(late_chunks)) or self._plan.schema_upgrade_filters()
         version = lake.commit_files(self._plan.lake, FEATURES, sorted(files, key=lambda f: f.path), **self._meta,
                                     mode="overwrite" if filters else "append", partition_filters=filters or None,
                                     read_version=self._plan.features_version)
@@ -497,6 +575,91 @@ def newest_ingestion_us(lake_root: str, version: int) -> int | None:
     return int(pc.max(data["timestamp_ingested"].cast(pa.int64())).as_py()) if data.num_rows else None
 
 
+def rows_per_bucket(lo: np.ndarray, hi: np.ndarray, rows: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    """Rows between consecutive ``edges`` (us) of files holding ``rows`` rows with times in [lo, hi],
+    each file's rows spread evenly over its time range (a file's statistics say no more)."""
+    hi = np.maximum(hi, lo + 1)
+    points = np.unique(np.concatenate([lo, hi]))
+    rate = rows / (hi - lo)
+    slope = np.zeros(len(points))
+    np.add.at(slope, np.searchsorted(points, lo), rate)
+    np.add.at(slope, np.searchsorted(points, hi), -rate)
+    cumulative = np.concatenate([[0.0], np.cumsum(np.cumsum(slope)[:-1] * np.diff(points))])
+    return np.diff(np.interp(edges, points, cumulative))
+
+
+def shard_layout(plan: FeaturesPlan, config: FeaturesConfig) -> ShardLayout:
+    """The keys of a run from its volume, from the clean files' statistics (row counts, time ranges):
+
+    * the time bucket is the smallest multiple of every window size (their lcm) times a power of two,
+      the largest whose busiest bucket still fits ``config.shards`` shards (few keys for small runs);
+    * the device shards are as many as the busiest bucket needs to keep an average key at
+      ``SHARD_FILL`` of ``config.group_bytes``, at least ``config.shards``.
+
+    The rows counted are those of the files overlapping the closing windows and the time the new
+    files span (late windows lie there), the files' rows spread evenly over their time ranges. One
+    device's rows in one bucket (a day of 1 s readings of 1d windows) cannot be split: that volume is
+    the limit of this layout."""
+    unit = math.lcm(*(size.us for size in config.sizes))
+    actions = (lake.open_table(plan.lake, CLEAN, plan.clean_upto).get_add_actions(flatten=True)
+               if plan.clean_upto >= 0 else None)
+    if actions is None or actions.num_rows == 0 or "min.timestamp_utc" not in actions.schema.names:
+        return ShardLayout(config.shards, unit)
+    lo, hi = (to_numpy(pc.fill_null(pc.cast(actions[f"{m}.timestamp_utc"], pa.int64()), 0)).astype(np.int64)
+              for m in ("min", "max"))
+    rows = to_numpy(pc.fill_null(actions["num_records"], 0)).astype(np.float64)
+    spans = read_intervals(plan, config.sizes, pl.from_arrow(LATE_SCHEMA.empty_table()))
+    new = {f.uri for f in plan.new_files}
+    root = lake.table_uri(plan.lake, CLEAN)
+    is_new = np.array([f"{root}/{p}" in new for p in actions["path"].to_pylist()])
+    if is_new.any():
+        spans.append((int(lo[is_new].min()), int(hi[is_new].max()) + 1))
+    if not spans:                  # nothing closes and no new file is in the snapshot (compacted since)
+        return ShardLayout(config.shards, unit)
+    # the buckets (of ``unit``) that hold data and are read: files' ranges clipped to the read spans
+    first, last = max(int(lo.min()), min(a for a, _ in spans)), min(int(hi.max()) + 1, max(b for _, b in spans))
+    if last <= first:
+        return ShardLayout(config.shards, unit)
+    edges = np.arange(first // unit, last // unit + 2, dtype=np.int64) * unit
+    counts = rows_per_bucket(lo, hi, rows, edges)
+    inside = np.zeros(len(counts), bool)
+    for a, b in spans:
+        inside |= (edges[1:] > a) & (edges[:-1] < b)
+    counts = np.where(inside, counts, 0.0)
+    row_bytes = ROW_FIXED_BYTES + _device_id_bytes(actions)
+    per_key = SHARD_FILL * config.group_bytes
+    k = 1
+    while k * 2 <= len(counts) and _busiest(counts, edges[0] // unit, k * 2) * row_bytes <= config.shards * per_key:
+        k *= 2
+    busiest = _busiest(counts, edges[0] // unit, k) * row_bytes
+    layout = ShardLayout(max(config.shards, math.ceil(busiest / per_key)), unit * k)
+    log.info("features layout: %d device shards x buckets of %d s (busiest bucket ~%.1f MB)", layout.shards,
+             layout.bucket_us // US, busiest / 1e6)
+    return layout
+
+
+def _busiest(counts: np.ndarray, first_unit: int, k: int) -> float:
+    """Most rows in one epoch-aligned group of ``k`` consecutive buckets."""
+    groups = (first_unit + np.arange(len(counts))) // k
+    return float(np.bincount(groups - groups[0], weights=counts).max())
+
+
+def _device_id_bytes(actions: pa.Table) -> int:
+    """Longest device id in the files' statistics (they may truncate it: at least 32), else the
+    contract's longest (64)."""
+    names = [c for c in ("min.device_id", "max.device_id") if c in actions.schema.names]
+    lengths = [pc.max(pc.utf8_length(actions[c])).as_py() for c in names]
+    lengths = [n for n in lengths if n is not None]
+    return max(32, *lengths) if lengths else 64
+
+
+def _missing_columns(lake_root: str, version: int | None) -> tuple[str, ...]:
+    if version is None:
+        return ()
+    names = set(lake.open_table(lake_root, FEATURES, version, without_files=True).schema().to_pyarrow().names)
+    return tuple(f.name for f in contracts.FEATURES if f.name not in names)
+
+
 def plan_run(lake_root: str, sizes, allowed_lateness_s: float, upto: int | None = None) -> FeaturesPlan | None:
     """The next run's plan, or None when clean has nothing new. Bookkeeping reads the log of the new
     clean versions and features' newest commit only (not the tables' whole history)."""
@@ -512,6 +675,7 @@ def plan_run(lake_root: str, sizes, allowed_lateness_s: float, upto: int | None 
     newest = newest_ingestion_us(lake_root, target)
     features_version = lake.latest_version(lake_root, FEATURES)
     return FeaturesPlan(
+        missing_columns=_missing_columns(lake_root, features_version),
         lake=lake_root, clean_after=after, clean_upto=target,
         new_files=tuple(delta.added_files(lake_root, CLEAN, after if after >= 0 else None, target)),
         previous=previous, watermark_us=(newest or 0) - int(allowed_lateness_s * US),

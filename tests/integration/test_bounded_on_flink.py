@@ -10,10 +10,13 @@ same files made ~13 MB elements. The test computes those old sizes from the lake
 (one table per row group per shard, as ReadAllFromParquetBatched and the old split_by_shard built
 them) and asserts they exceed the limit, then runs the cleanse on Flink with the default bound.
 
-Features is not here yet: Beam's Flink batch translator pre-combines every GroupByKey's values per
-key into ONE list record (Concatenate) before the sort, so what one key carries in total, not each
-element, must stay under the limit; features with one shard over this input still fails that way.
-It needs a shard count sized from the run's volume (open work, see the closing note of issue 11).
+Features follows on the cleansed lake. Beam's Flink batch translator pre-combines every GroupByKey's
+values per key into ONE list record (Concatenate) before the sort, so what one key carries in total,
+not each element, must stay under the limit. Features with ``--shards 1`` keyed only by shard would
+put every row it computes (~260K rows, ~16 MB here: the test measures it as the DirectRunner's
+largest group with the old keying) into one record; ``transforms.features.shard_layout`` sizes the device
+shards and time buckets from the clean files' statistics instead, so no key reaches
+``GROUP_BYTES``, and the features table equals the DirectRunner's.
 """
 from __future__ import annotations
 
@@ -22,18 +25,22 @@ import shutil
 import subprocess
 import sys
 import time
+from pathlib import Path
+
+import dataclasses
 
 import polars as pl
 import pyarrow.parquet as pq
 import pytest
 
-from pipelines import cleanse
+from pipelines import cleanse, features
 from tests.conftest import FLINK_REST, PROJECT_ROOT, require_service
 from tests.helpers import run_simulator
 from tests.integration.flink_jobs import JOB_ENDPOINT
 from transforms import arrow
 from transforms import cleansing as cl
 from transforms import delta
+from transforms import features as ft
 from transforms import lake as lake_io
 
 pytestmark = [pytest.mark.integration, pytest.mark.flink]
@@ -43,6 +50,7 @@ FLINK_ARGS = ["--runner=PortableRunner", f"--job_endpoint={JOB_ENDPOINT}", "--en
               "--parallelism=1"]
 UNBOUNDED = arrow.ChunkBound(rows=10**12, nbytes=10**15)      # the old behaviour: one table per shard
 CLEANSE_SHARDS = 1         # few shards: all of a run's rows in one shard
+FEATURES_ARGS = ["--shards", "1"]        # the fewest device shards: the layout adds what the volume needs
 WALL_CLOCK = {"quarantined_at", "computed_at"}
 
 
@@ -110,3 +118,37 @@ def test_cleanse_shards_beyond_flinks_record_limit_run_on_flink_like_the_direct_
         assert a.height > 0 or table == "quarantine", table      # no unknown devices in this input
         assert a.equals(b), f"{table}: DirectRunner and Flink differ"
         assert lake_io.open_table(direct, table).version() == lake_io.open_table(flink, table).version()
+
+    # features over the whole cleansed lake: the old keying's one group vs the layout's, then on Flink
+    plan = ft.plan_run(direct, ft.FeaturesConfig().sizes, 60.0)
+    config = dataclasses.replace(ft.FeaturesConfig(), shards=1)
+    layout = ft.shard_layout(plan, config)
+    old_group = _old_features_group_bytes(tmp_path, direct)
+    print("features layout:", layout, "old group bytes:", old_group)
+    assert old_group > FLINK_SORT_RECORD_LIMIT and layout.shards > 1
+    started = time.monotonic()
+    proc = _start_on_flink("features", flink, FEATURES_ARGS)
+    summary = features.run(["--lake", direct, *FEATURES_ARGS])
+    out = _finish(proc)
+    print(f"features: {time.monotonic() - started:.1f} s")
+    assert summary["commit_matches_counts"] and summary["feature_rows"] > 0, summary
+    assert summary["layout"]["largest_group_bytes"] < ft.GROUP_BYTES, summary["layout"]
+    assert f"features v{summary['commit']['version']} ({summary['commit']['rows']} rows)" in out
+    a, b = _canonical(direct, "features"), _canonical(flink, "features")
+    assert a.height == summary["feature_rows"] and a.equals(b), "features: DirectRunner and Flink differ"
+
+
+def _old_features_group_bytes(tmp_path, lake: str) -> int:
+    """The largest group the old keying (device shard only, here one shard) made: a DirectRunner run on
+    a copy with a group bound no run reaches (one key)."""
+    copy = tmp_path / "old_keying"
+    shutil.copytree(Path(lake).parent, copy)
+    plan = ft.plan_run(str(copy / "lake"), ft.FeaturesConfig().sizes, 60.0)
+    config = dataclasses.replace(ft.FeaturesConfig(), shards=1, group_bytes=10**15)
+    import apache_beam as beam
+    from apache_beam.options.pipeline_options import PipelineOptions
+    pipeline = beam.Pipeline(options=PipelineOptions([]))
+    pipeline | ft.ComputeFeatures(plan, config)
+    result = pipeline.run()
+    result.wait_until_finish()
+    return features.largest_group_bytes(result)
