@@ -51,7 +51,11 @@ class CleanseOptions(IncrementalJobOptions, PipelineOptions):
                        help="clock skew allowed before a reading later than its ingestion is flagged "
                             "future_timestamp (BAD)")
         g.add_argument("--stuck_run_length", type=int, default=cl.CleanseConfig.stuck_run_length,
-                       help="equal consecutive values of one device and sensor flagged stuck_value (SUSPECT)")
+                       help="consecutive values of one device and sensor, equal within the sensor's resolution, "
+                            "flagged stuck_value (SUSPECT) when they also span --stuck_min_duration_seconds")
+        g.add_argument("--stuck_min_duration_seconds", type=float, default=cl.CleanseConfig.stuck_min_duration_s,
+                       help="shortest time from the first to the last value of a stuck run: a steady quantised "
+                            "sensor sampled every second is not stuck after 10 equal values")
 
 
 def arg_parser():
@@ -59,12 +63,9 @@ def arg_parser():
 
 
 def config_of(opts: CleanseOptions) -> cl.CleanseConfig:
-    # --stuck_min_duration_seconds: the config's default until the options declare it
-    min_duration = getattr(opts, "stuck_min_duration_seconds", None)
     return cl.CleanseConfig(lookback_s=opts.lookback_days * 86400, future_tolerance_s=opts.future_tolerance_seconds,
                             stuck_run_length=opts.stuck_run_length, shards=opts.shards,
-                            stuck_min_duration_s=cl.CleanseConfig.stuck_min_duration_s if min_duration is None
-                            else min_duration)
+                            stuck_min_duration_s=opts.stuck_min_duration_seconds)
 
 
 def baseline_path(lake_root: str, baseline_dir: str | None, table: str) -> Path | None:
