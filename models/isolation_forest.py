@@ -7,8 +7,14 @@ largest device-relative |z| (what made the window unusual for that device).
 """
 from __future__ import annotations
 
+import pickle
+
 import numpy as np
 from sklearn.ensemble import IsolationForest
+
+from models.base import AnomalyModel, register
+
+SKLEARN_FILE = "model.pkl"
 
 
 def fit(z: np.ndarray, seed: int, n_estimators: int = 200, max_samples: int | str = 512) -> IsolationForest:
@@ -24,3 +30,34 @@ def anomaly_score(model: IsolationForest, z: np.ndarray) -> np.ndarray:
 
 def contributions(model, z: np.ndarray) -> np.ndarray:
     return np.abs(z)
+
+
+@register
+class IsolationForestModel(AnomalyModel):
+    """Served by Beam's SklearnModelHandlerNumpy: the pickle is the bare IsolationForest."""
+    name = "isolation_forest"
+    kind = "sklearn"
+
+    def __init__(self, n_estimators: int = 200, max_samples: int = 512, estimator: IsolationForest | None = None):
+        self.n_estimators, self.max_samples, self.estimator = n_estimators, max_samples, estimator
+
+    @classmethod
+    def from_params(cls, params) -> "IsolationForestModel":
+        return cls(params.if_trees, params.if_max_samples)
+
+    def fit(self, z, devices, seed):
+        self.estimator = fit(z, seed, self.n_estimators, self.max_samples)
+        return self
+
+    def score(self, z, devices=None):
+        return anomaly_score(self.estimator, z)
+
+    def contributions(self, z, devices=None):
+        return contributions(self.estimator, z)
+
+    def save(self):
+        return {SKLEARN_FILE: pickle.dumps(self.estimator, protocol=4)}
+
+    @classmethod
+    def load(cls, read):
+        return cls(estimator=pickle.loads(read(SKLEARN_FILE)))

@@ -8,8 +8,13 @@ SklearnModelHandlerNumpy can load and run it like the Isolation Forest.
 """
 from __future__ import annotations
 
+import pickle
+
 import numpy as np
 from sklearn.base import BaseEstimator
+
+from models.base import AnomalyModel, register
+from models.isolation_forest import SKLEARN_FILE
 
 
 class RobustZScore(BaseEstimator):
@@ -33,3 +38,35 @@ class RobustZScore(BaseEstimator):
 
     def contributions(self, z: np.ndarray) -> np.ndarray:
         return np.abs(z)
+
+
+@register
+class StatisticalModel(AnomalyModel):
+    """Its contributions are the window's |z|: the ensemble's alerts are explained by them."""
+    name = "statistical"
+    kind = "sklearn"
+    explains_with_z = True
+
+    def __init__(self, top_k: int = 1, estimator: RobustZScore | None = None):
+        self.estimator = estimator or RobustZScore(top_k=top_k)
+
+    @classmethod
+    def from_params(cls, params) -> "StatisticalModel":
+        return cls(params.stat_top_k)
+
+    def fit(self, z, devices, seed):
+        self.estimator.fit(z)
+        return self
+
+    def score(self, z, devices=None):
+        return self.estimator.anomaly_score(z)
+
+    def contributions(self, z, devices=None):
+        return self.estimator.contributions(z)
+
+    def save(self):
+        return {SKLEARN_FILE: pickle.dumps(self.estimator, protocol=4)}
+
+    @classmethod
+    def load(cls, read):
+        return cls(estimator=pickle.loads(read(SKLEARN_FILE)))
