@@ -87,7 +87,8 @@ def _load_modules() -> None:
 def names() -> tuple[str, ...]:
     """Every registered model, the built-in ones in MODEL_MODULES order, then plug-ins as registered."""
     _load_modules()
-    return tuple(_CATALOG)
+    rank = {m: i for i, m in enumerate(MODEL_MODULES)}
+    return tuple(sorted(_CATALOG, key=lambda n: rank.get(_CATALOG[n].__module__, len(rank))))   # stable
 
 
 def default_names() -> tuple[str, ...]:
