@@ -27,7 +27,8 @@ import numpy as np
 from models import registry
 
 # the registration line of each model: its module (imported on first use of the catalog)
-MODEL_MODULES: tuple[str, ...] = ("models.isolation_forest", "models.autoencoder", "models.statistical")
+MODEL_MODULES: tuple[str, ...] = ("models.isolation_forest", "models.autoencoder", "models.statistical",
+                                  "models.pca")
 
 
 class AnomalyModel(abc.ABC):
