@@ -2,7 +2,8 @@
 
 A model works on device-relative features (``z``, one row per window, see models/features.py):
 
-    fit(z, devices, seed)   learns from the training windows (``devices``: each row's device id)
+    fit(z, devices, seed)   learns from the training windows (``devices``: each row's device id);
+                            calibration_scores(z, devices) gives their scores for the threshold
     score(z, devices)       anomaly score per row (higher = more abnormal; the threshold is
                             calibrated by ``pipelines.train`` on the training scores)
     contributions(z, devices)  per-feature share of the score (rows x features, >= 0): the
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import abc
 import importlib
+import pickle
 from pathlib import Path
 from typing import Callable, ClassVar
 
@@ -59,9 +61,33 @@ class AnomalyModel(abc.ABC):
     @abc.abstractmethod
     def load(cls, read: Callable[[str], bytes]) -> "AnomalyModel": ...
 
+    def calibration_scores(self, z: np.ndarray, devices: np.ndarray) -> np.ndarray:
+        """Scores of the training windows the threshold is calibrated on (and the flag rate measured
+        with); a model whose in-sample scores are optimistic returns out-of-fold ones."""
+        return self.score(z, devices)
+
     def fit_metrics(self) -> dict:
         """Extra training metrics for the version's metadata (e.g. a loss curve's ends)."""
         return {}
+
+
+class SklearnModel(AnomalyModel):
+    """A model around one scikit-learn estimator, pickled as ``model.pkl`` and served by Beam's
+    SklearnModelHandlerNumpy (models/handlers.py verifies the sha256 before unpickling)."""
+    kind = "sklearn"
+    FILE: ClassVar[str] = "model.pkl"
+
+    def __init__(self, estimator=None):
+        self.estimator = estimator
+
+    def save(self) -> dict[str, bytes]:
+        return {self.FILE: pickle.dumps(self.estimator, protocol=4)}
+
+    @classmethod
+    def load(cls, read: Callable[[str], bytes]) -> "SklearnModel":
+        model = cls.__new__(cls)
+        SklearnModel.__init__(model, pickle.loads(read(cls.FILE)))
+        return model
 
 
 _CATALOG: dict[str, type[AnomalyModel]] = {}

@@ -7,14 +7,12 @@ largest device-relative |z| (what made the window unusual for that device).
 """
 from __future__ import annotations
 
-import pickle
-
 import numpy as np
 from sklearn.ensemble import IsolationForest
 
-from models.base import AnomalyModel, register
+from models.base import SklearnModel, register
 
-SKLEARN_FILE = "model.pkl"
+SKLEARN_FILE = SklearnModel.FILE
 
 
 def fit(z: np.ndarray, seed: int, n_estimators: int = 200, max_samples: int | str = 512) -> IsolationForest:
@@ -33,13 +31,13 @@ def contributions(model, z: np.ndarray) -> np.ndarray:
 
 
 @register
-class IsolationForestModel(AnomalyModel):
-    """Served by Beam's SklearnModelHandlerNumpy: the pickle is the bare IsolationForest."""
+class IsolationForestModel(SklearnModel):
+    """The pickle is the bare IsolationForest."""
     name = "isolation_forest"
-    kind = "sklearn"
 
-    def __init__(self, n_estimators: int = 200, max_samples: int = 512, estimator: IsolationForest | None = None):
-        self.n_estimators, self.max_samples, self.estimator = n_estimators, max_samples, estimator
+    def __init__(self, n_estimators: int = 200, max_samples: int = 512):
+        super().__init__()
+        self.n_estimators, self.max_samples = n_estimators, max_samples
 
     @classmethod
     def from_params(cls, params) -> "IsolationForestModel":
@@ -54,10 +52,3 @@ class IsolationForestModel(AnomalyModel):
 
     def contributions(self, z, devices=None):
         return contributions(self.estimator, z)
-
-    def save(self):
-        return {SKLEARN_FILE: pickle.dumps(self.estimator, protocol=4)}
-
-    @classmethod
-    def load(cls, read):
-        return cls(estimator=pickle.loads(read(SKLEARN_FILE)))

@@ -8,9 +8,11 @@ On the device-relative features z, a PCA keeps the ``k`` principal components th
 
 A device with at least ``min_device_windows`` training windows gets its own PCA (its own mean,
 loadings and limits), every other device the fleet's. The control limits are the
-``limit_quantile`` quantiles of T² and Q on each PCA's own training windows, so the score
-max(T² / T²_limit, Q / Q_limit) is about 1 at the edge of normal for every device (train then
-calibrates the model's threshold on these scores like any other model's).
+``limit_quantile`` quantiles of T² and Q on each PCA's own training windows, taken out of fold
+(each half scored by a PCA of the other half: a PCA fitted on a device's few windows explains
+them better than it will explain new ones), so the score max(T² / T²_limit, Q / Q_limit) is about
+1 at the edge of normal for every device. train calibrates the model's threshold on the same
+out-of-fold scores (``calibration_scores``).
 
 Contributions (which features drive the score): for Q the squared residual of each feature, for
 T² its share c_j * sum_k P_jk t_k / lambda_k (the shares sum to T²; negative ones clipped), each
@@ -32,16 +34,26 @@ MIN_EIGENVALUE = 1e-2          # z units²: a retained direction never divides b
 MIN_Q_LIMIT = 1e-3
 
 
-def _fit_one(z: np.ndarray, k: int, quantile: float):
-    """mean, loadings (F x k), eigenvalues (k), T² and Q limits of one PCA."""
+def _fit_pca(z: np.ndarray, k: int):
+    """mean, loadings (F x k) and eigenvalues (k) of one PCA."""
     mean = z.mean(axis=0)
-    c = z - mean
-    eigval, eigvec = np.linalg.eigh(np.cov(c, rowvar=False))
+    eigval, eigvec = np.linalg.eigh(np.cov(z - mean, rowvar=False))
     order = np.argsort(eigval)[::-1][:k]
-    lam = np.maximum(eigval[order], MIN_EIGENVALUE)
-    p = eigvec[:, order]
-    t2, q, _, _ = _statistics(c, p, lam)
-    return mean, p, lam, max(float(np.quantile(t2, quantile)), 1e-6), max(float(np.quantile(q, quantile)), MIN_Q_LIMIT)
+    return mean, eigvec[:, order], np.maximum(eigval[order], MIN_EIGENVALUE)
+
+
+def _fit_one(z: np.ndarray, k: int, quantile: float):
+    """One PCA on all rows, with control limits from out-of-fold statistics (two interleaved folds,
+    each scored by the PCA of the other: in-sample residuals would be optimistic, and so would the
+    limits), and those out-of-fold T² and Q (already divided by the limits) for calibration."""
+    t2, q = np.zeros(len(z)), np.zeros(len(z))
+    folds = np.arange(len(z)) % 2
+    for f in (0, 1):
+        mean, p, lam = _fit_pca(z[folds != f], k)
+        t2[folds == f], q[folds == f] = _statistics(z[folds == f] - mean, p, lam)[:2]
+    t2_limit = max(float(np.quantile(t2, quantile)), 1e-6)
+    q_limit = max(float(np.quantile(q, quantile)), MIN_Q_LIMIT)
+    return (*_fit_pca(z, k), t2_limit, q_limit), np.maximum(t2 / t2_limit, q / q_limit)
 
 
 def _statistics(c: np.ndarray, p: np.ndarray, lam: np.ndarray):
@@ -60,6 +72,7 @@ class PCAModel(AnomalyModel):
                  arrays: dict | None = None):
         self.variance, self.min_device_windows, self.limit_quantile = variance, min_device_windows, limit_quantile
         self.arrays = arrays or {}
+        self._calibration = np.zeros(0)
 
     @classmethod
     def from_params(cls, params) -> "PCAModel":
@@ -72,12 +85,21 @@ class PCAModel(AnomalyModel):
         share = np.cumsum(np.maximum(eigval, 0)) / max(eigval.clip(min=0).sum(), 1e-12)
         k = int(min(np.searchsorted(share, self.variance) + 1, n_features - 1))
         ids, inverse, counts = np.unique(np.asarray(devices).astype(str), return_inverse=True, return_counts=True)
-        own = np.flatnonzero(counts >= max(self.min_device_windows, k + 2))
-        fits = [_fit_one(z[inverse == i], k, self.limit_quantile) for i in own]
-        fits.append(_fit_one(z, k, self.limit_quantile))          # the fleet's, last
+        own = np.flatnonzero(counts >= max(self.min_device_windows, 2 * (k + 2)))
+        fleet, self._calibration = _fit_one(z, k, self.limit_quantile)     # the fleet's PCA, last
+        fits = []
+        for i in own:
+            rows = inverse == i
+            fit, self._calibration[rows] = _fit_one(z[rows], k, self.limit_quantile)
+            fits.append(fit)
+        fits.append(fleet)
         self.arrays = {"devices": ids[own].astype(str), **{
             name: np.array([f[j] for f in fits]) for j, name in enumerate(_ARRAYS[1:])}}
         return self
+
+    def calibration_scores(self, z, devices):
+        """Out-of-fold scores of the training windows (see _fit_one), not the optimistic in-sample ones."""
+        return self._calibration if len(self._calibration) == len(z) else self.score(z, devices)
 
     def _index(self, devices: np.ndarray | None, n: int) -> np.ndarray:
         """Each row's PCA: its device's, or the fleet's (the last)."""

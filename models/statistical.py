@@ -8,13 +8,10 @@ SklearnModelHandlerNumpy can load and run it like the Isolation Forest.
 """
 from __future__ import annotations
 
-import pickle
-
 import numpy as np
 from sklearn.base import BaseEstimator
 
-from models.base import AnomalyModel, register
-from models.isolation_forest import SKLEARN_FILE
+from models.base import SklearnModel, register
 
 
 class RobustZScore(BaseEstimator):
@@ -41,14 +38,13 @@ class RobustZScore(BaseEstimator):
 
 
 @register
-class StatisticalModel(AnomalyModel):
+class StatisticalModel(SklearnModel):
     """Its contributions are the window's |z|: the ensemble's alerts are explained by them."""
     name = "statistical"
-    kind = "sklearn"
     explains_with_z = True
 
-    def __init__(self, top_k: int = 1, estimator: RobustZScore | None = None):
-        self.estimator = estimator or RobustZScore(top_k=top_k)
+    def __init__(self, top_k: int = 1):
+        super().__init__(RobustZScore(top_k=top_k))
 
     @classmethod
     def from_params(cls, params) -> "StatisticalModel":
@@ -63,10 +59,3 @@ class StatisticalModel(AnomalyModel):
 
     def contributions(self, z, devices=None):
         return self.estimator.contributions(z)
-
-    def save(self):
-        return {SKLEARN_FILE: pickle.dumps(self.estimator, protocol=4)}
-
-    @classmethod
-    def load(cls, read):
-        return cls(estimator=pickle.loads(read(SKLEARN_FILE)))

@@ -160,7 +160,7 @@ def train(features: pa.Table, manifest: dict, models_root: str, params: TrainPar
         cls = catalog.get(name)
         started = time.monotonic()
         model = cls.from_params(params).fit(z, devices, params.seed)
-        scores = model.score(z, devices)
+        scores = model.calibration_scores(z, devices)
         threshold = calibrate(scores, clean, params.threshold_quantile, params.threshold_margin)
         metrics = dict(_metrics(scores, threshold), target_flag_rate=target_flag_rate(params),
                        fit_seconds=round(time.monotonic() - started, 2), **model.fit_metrics())
