@@ -23,7 +23,7 @@ metrics, library versions and the sha256 of every file.
 
 Guards: each model's flag rate on its own training windows is printed and recorded beside its
 target (1 - ``--threshold_quantile``); when one is above ``--max_flag_ratio`` x its target nothing is
-registered and train exits 2 with the reason (``--force`` registers anyway). Devices with fewer than
+registered (when it flags at least 10 windows) and train exits 2 with the reason (``--force`` registers anyway). Devices with fewer than
 ``--min_windows`` training windows are listed one by one (they are scored against the fleet
 baseline) and counted in the summary.
 
@@ -105,15 +105,22 @@ def target_flag_rate(params: TrainParams) -> float:
     return 1.0 - params.threshold_quantile
 
 
+# fewer flagged training windows than this are never refused: on a small training set one or two
+# windows are already "far above" a 0.1 % target
+MIN_REFUSED_WINDOWS = 10
+
+
 def check_flag_rates(metrics: dict[str, dict], params: TrainParams) -> list[str]:
-    """A readable reason for every model whose training flag rate is above max_flag_ratio x target."""
+    """A readable reason for every model whose training flag rate is above max_flag_ratio x target
+    (and that flags at least MIN_REFUSED_WINDOWS windows)."""
     target = target_flag_rate(params)
     limit = params.max_flag_ratio * target
     return [f"{name} flags {m['train_flag_rate']:.2%} of its own {m['windows']} training windows, "
             f"{m['train_flag_rate'] / target:.0f}x its calibrated target of {target:.2%} (the limit is "
             f"{params.max_flag_ratio:g}x = {limit:.2%}); median score {m['score_p50']:.4g}, threshold "
             f"{m['threshold']:.4g}"
-            for name, m in metrics.items() if m["train_flag_rate"] > limit]
+            for name, m in metrics.items()
+            if m["train_flag_rate"] > limit and m["train_flag_rate"] * m["windows"] >= MIN_REFUSED_WINDOWS]
 
 
 def _fleet_fallback(devices: np.ndarray, min_windows: int) -> dict[str, int]:
