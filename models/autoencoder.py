@@ -12,6 +12,9 @@ import tempfile
 
 import numpy as np
 
+from models.base import AnomalyModel, register
+
+KERAS_FILE = "model.keras"
 INPUT_SCALE = 3.0
 INPUT_CLIP = 10.0
 
@@ -76,7 +79,7 @@ def anomaly_score(model, z: np.ndarray) -> np.ndarray:
 
 def to_bytes(model) -> bytes:
     with tempfile.TemporaryDirectory() as d:
-        path = os.path.join(d, "model.keras")
+        path = os.path.join(d, KERAS_FILE)
         model.save(path)
         with open(path, "rb") as fh:
             return fh.read()
@@ -85,7 +88,42 @@ def to_bytes(model) -> bytes:
 def from_bytes(payload: bytes):
     tf = _tf()
     with tempfile.TemporaryDirectory() as d:
-        path = os.path.join(d, "model.keras")
+        path = os.path.join(d, KERAS_FILE)
         with open(path, "wb") as fh:
             fh.write(payload)
         return tf.keras.models.load_model(path, compile=False)
+
+
+@register
+class AutoencoderModel(AnomalyModel):
+    """Served by models.handlers.KerasModelHandlerNumpy (one Keras file)."""
+    name = "autoencoder"
+    kind = "keras"
+
+    def __init__(self, epochs: int = 30, batch_size: int = 256, hidden: tuple[int, ...] = (16, 6), network=None):
+        self.epochs, self.batch_size, self.hidden, self.network = epochs, batch_size, tuple(hidden), network
+        self._losses: list[float] = []
+
+    @classmethod
+    def from_params(cls, params) -> "AutoencoderModel":
+        return cls(params.ae_epochs, params.ae_batch_size, params.ae_hidden)
+
+    def fit(self, z, devices, seed):
+        self.network, self._losses = fit(z, seed, self.epochs, self.batch_size, self.hidden)
+        return self
+
+    def score(self, z, devices=None):
+        return anomaly_score(self.network, z)
+
+    def contributions(self, z, devices=None):
+        return errors(self.network, z)
+
+    def save(self):
+        return {KERAS_FILE: to_bytes(self.network)}
+
+    @classmethod
+    def load(cls, read):
+        return cls(network=from_bytes(read(KERAS_FILE)))
+
+    def fit_metrics(self):
+        return {"loss_first": self._losses[0], "loss_last": self._losses[-1]} if self._losses else {}

@@ -5,16 +5,22 @@ features mostly learns which device is which, and a slow drift of one device sta
 fleet's spread. Every model therefore sees *device-relative* features: the robust z-score of each
 feature against the device's own training baseline,
 
-    z = (x - median_device) / max(1.4826 * MAD_device, floor)
+    z = (x - median_device) / max(1.4826 * MAD_device, floor)    (1.2533 x mean |x - median| where MAD = 0)
 
-where ``floor`` is a quarter of the fleet's typical within-device scale of that feature (a stuck
-or very quiet sensor would otherwise make a tiny MAD and huge z). A device with too few training
-windows falls back to the fleet baseline (median and scale over all windows). Missing values
+where ``floor`` is the larger of a quarter of the fleet's typical within-device scale of that
+feature (a stuck or very quiet sensor would otherwise make a tiny MAD and huge z) and the
+standard deviation of quantisation (step / sqrt(12)), the step being the feature's measurement
+step from its sensor's resolution (``resolution_floors``; a quantised feature has a MAD of 0 on
+every device and across the fleet) or, when coarser, the smallest step between the feature's
+distinct training values (a sensor coarser than its declared resolution).
+A device with too few training windows falls back to the fleet baseline (median and scale over all
+windows). Missing values
 (a sensor without readings in a window) become z = 0 (no evidence), and z is clipped to +-clip.
 """
 from __future__ import annotations
 
 import io
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,12 +28,69 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from schemas.contracts import CROSS_FEATURES
-from schemas.sensors import SENSOR_TYPES
+from schemas.sensors import SENSOR_TYPES, SENSORS
 
 MODEL_STATS = ("mean", "std", "min", "max", "slope")
 MODEL_FEATURES: tuple[str, ...] = tuple(f"{s}_{stat}" for s in SENSOR_TYPES for stat in MODEL_STATS) + \
     tuple(CROSS_FEATURES)
 MAD_TO_SIGMA = 1.4826
+MEANAD_TO_SIGMA = 1.2533                # sqrt(pi / 2): mean absolute deviation -> sigma of a normal
+QUANTISATION_SIGMA = 12 ** -0.5         # the standard deviation of rounding to a step, in steps
+BASELINE_FILE = "baseline.parquet"      # the baseline's file in every model version
+# the sensors each cross feature is computed from (transforms/features.py), and how their
+# resolution propagates: "relative" (ratios, products) or "absolute" (a difference in the first
+# sensor's unit)
+CROSS_FEATURE_SENSORS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "pressure_ratio": ("relative", ("discharge_pressure", "suction_pressure")),
+    "current_per_lift": ("relative", ("compressor_current", "discharge_pressure", "suction_pressure")),
+    "superheat_proxy": ("absolute", ("temperature",)),
+}
+
+
+def resolution_floors(columns, fleet_median: np.ndarray, window_s: float) -> np.ndarray:
+    """Per feature, the smallest spread its sensors can resolve (never 0): one resolution step for a
+    sensor's level and spread statistics, one step per window for its slope (per minute); a cross
+    feature propagates its sensors' relative resolution (step / typical level, the level being the
+    fleet median of the sensor's mean, or half its valid range when unknown)."""
+    med = dict(zip(columns, np.abs(np.nan_to_num(fleet_median))))
+
+    def level(sensor: str) -> float:
+        spec = SENSORS[sensor]
+        return med.get(f"{sensor}_mean") or (spec.valid_max - spec.valid_min) / 2
+
+    out = np.empty(len(columns))
+    for j, c in enumerate(columns):
+        if c in CROSS_FEATURE_SENSORS:
+            how, sensors = CROSS_FEATURE_SENSORS[c]
+            rel = sum(SENSORS[s].resolution / max(level(s), SENSORS[s].resolution) for s in sensors)
+            out[j] = SENSORS[sensors[0]].resolution if how == "absolute" else rel * max(med[c], rel)
+            continue
+        sensor, stat = c.rsplit("_", 1)
+        if sensor not in SENSORS:
+            raise ValueError(f"feature {c!r}: no sensor to take its resolution from")
+        res = SENSORS[sensor].resolution
+        out[j] = res / (window_s / 60.0) if stat == "slope" else res
+    return out
+
+
+def robust_location_spread(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per column: median and robust sigma, 1.4826 x MAD, or, where more than half the values tie
+    (MAD = 0, a quantised feature), 1.2533 x the mean absolute deviation from the median (the
+    modified z-score's rule), so a spread of a few steps around a dominant value is kept."""
+    m = np.nanmedian(rows, axis=0)
+    dev = np.abs(rows - m)
+    mad = np.nanmedian(dev, axis=0)
+    return m, np.where(mad > 0, MAD_TO_SIGMA * mad, MEANAD_TO_SIGMA * np.nanmean(dev, axis=0))
+
+
+def observed_steps(x: np.ndarray) -> np.ndarray:
+    """Per column, the smallest gap between distinct finite values (0 with fewer than two)."""
+    out = np.zeros(x.shape[1])
+    for j in range(x.shape[1]):
+        v = np.unique(x[:, j][np.isfinite(x[:, j])])
+        if len(v) > 1:
+            out[j] = np.diff(v).min()
+    return out
 
 
 def matrix(table: pa.Table, columns=MODEL_FEATURES) -> np.ndarray:
@@ -51,35 +114,28 @@ class DeviceBaseline:
 
     @classmethod
     def fit(cls, device_ids: np.ndarray, x: np.ndarray, columns=MODEL_FEATURES, min_windows: int = 24,
-            clip: float = 20.0, floor_fraction: float = 0.25) -> "DeviceBaseline":
+            clip: float = 20.0, floor_fraction: float = 0.25, window_s: float = 3600.0) -> "DeviceBaseline":
         device_ids = np.asarray(device_ids, dtype=object)
         devices, inverse = np.unique(device_ids.astype(str), return_inverse=True)
         med = np.full((len(devices), x.shape[1]), np.nan)
-        mad = np.full((len(devices), x.shape[1]), np.nan)
+        spread = np.full((len(devices), x.shape[1]), np.nan)
         counts = np.bincount(inverse, minlength=len(devices))
         order = np.argsort(inverse, kind="stable")
         bounds = np.r_[0, np.cumsum(counts)]
-        for i in range(len(devices)):
-            rows = x[order[bounds[i]:bounds[i + 1]]]
-            if len(rows) >= min_windows:
-                with np.errstate(all="ignore"):
-                    import warnings
-                    with warnings.catch_warnings():
-                        warnings.simplefilter("ignore", RuntimeWarning)
-                        m = np.nanmedian(rows, axis=0)
-                        med[i] = m
-                        mad[i] = np.nanmedian(np.abs(rows - m), axis=0)
-        with np.errstate(all="ignore"):
-            import warnings
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", RuntimeWarning)
-                fleet_median = np.nan_to_num(np.nanmedian(x, axis=0))
-                fleet_scale = MAD_TO_SIGMA * np.nanmedian(np.abs(x - fleet_median), axis=0)
-                typical = np.nanmedian(MAD_TO_SIGMA * mad, axis=0)      # typical within-device scale
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)      # all-NaN columns (a sensor never seen)
+            for i in range(len(devices)):
+                rows = x[order[bounds[i]:bounds[i + 1]]]
+                if len(rows) >= min_windows:
+                    med[i], spread[i] = robust_location_spread(rows)
+            fleet_median, fleet_scale = robust_location_spread(x)
+            fleet_median = np.nan_to_num(fleet_median)
+            typical = np.nanmedian(spread, axis=0)      # typical within-device scale
         typical = np.where(np.isfinite(typical) & (typical > 0), typical, np.nan_to_num(fleet_scale))
-        floor = np.maximum(floor_fraction * typical, 1e-9)
+        steps = np.maximum(observed_steps(x), resolution_floors(columns, fleet_median, window_s))
+        floor = np.maximum(floor_fraction * typical, QUANTISATION_SIGMA * steps)
         fleet_scale = np.maximum(np.nan_to_num(fleet_scale), floor)
-        scale = np.maximum(MAD_TO_SIGMA * mad, floor)
+        scale = np.maximum(spread, floor)
         known = np.isfinite(med)
         med = np.where(known, med, fleet_median)
         scale = np.where(known & np.isfinite(scale), scale, fleet_scale)

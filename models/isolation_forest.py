@@ -10,6 +10,10 @@ from __future__ import annotations
 import numpy as np
 from sklearn.ensemble import IsolationForest
 
+from models.base import SklearnModel, register
+
+SKLEARN_FILE = SklearnModel.FILE
+
 
 def fit(z: np.ndarray, seed: int, n_estimators: int = 200, max_samples: int | str = 512) -> IsolationForest:
     model = IsolationForest(n_estimators=n_estimators, max_samples=min(max_samples, len(z))
@@ -24,3 +28,27 @@ def anomaly_score(model: IsolationForest, z: np.ndarray) -> np.ndarray:
 
 def contributions(model, z: np.ndarray) -> np.ndarray:
     return np.abs(z)
+
+
+@register
+class IsolationForestModel(SklearnModel):
+    """The pickle is the bare IsolationForest."""
+    name = "isolation_forest"
+
+    def __init__(self, n_estimators: int = 200, max_samples: int = 512):
+        super().__init__()
+        self.n_estimators, self.max_samples = n_estimators, max_samples
+
+    @classmethod
+    def from_params(cls, params) -> "IsolationForestModel":
+        return cls(params.if_trees, params.if_max_samples)
+
+    def fit(self, z, devices, seed):
+        self.estimator = fit(z, seed, self.n_estimators, self.max_samples)
+        return self
+
+    def score(self, z, devices=None):
+        return anomaly_score(self.estimator, z)
+
+    def contributions(self, z, devices=None):
+        return contributions(self.estimator, z)

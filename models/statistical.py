@@ -11,6 +11,8 @@ from __future__ import annotations
 import numpy as np
 from sklearn.base import BaseEstimator
 
+from models.base import SklearnModel, register
+
 
 class RobustZScore(BaseEstimator):
     def __init__(self, top_k: int = 1):
@@ -33,3 +35,27 @@ class RobustZScore(BaseEstimator):
 
     def contributions(self, z: np.ndarray) -> np.ndarray:
         return np.abs(z)
+
+
+@register
+class StatisticalModel(SklearnModel):
+    """Its contributions are the window's |z|: the ensemble's alerts are explained by them."""
+    name = "statistical"
+    explains_with_z = True
+
+    def __init__(self, top_k: int = 1):
+        super().__init__(RobustZScore(top_k=top_k))
+
+    @classmethod
+    def from_params(cls, params) -> "StatisticalModel":
+        return cls(params.stat_top_k)
+
+    def fit(self, z, devices, seed):
+        self.estimator.fit(z)
+        return self
+
+    def score(self, z, devices=None):
+        return self.estimator.anomaly_score(z)
+
+    def contributions(self, z, devices=None):
+        return self.estimator.contributions(z)

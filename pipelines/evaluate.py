@@ -41,7 +41,8 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from models.ensemble import ENSEMBLE, MODELS
+from models import base as catalog
+from models.ensemble import ENSEMBLE, MODELS  # noqa: F401  (MODELS: the default models, for the report)
 from pipelines import cli
 from pipelines.options import LakeOptions, WindowSizeOptions
 from pipelines.simulation.incidents import ACUTE_MODES, GRADUAL_MODES
@@ -82,7 +83,10 @@ def load_scores(lake_root: str, window_size: str, since: dt.datetime | None = No
 
 
 def evaluate(scores: pa.Table, truth: list[dict], eval_from: dt.datetime | None = None) -> dict:
-    models = [m for m in list(MODELS) + [ENSEMBLE] if m in set(scores["model"].to_pylist())]
+    present = set(scores["model"].to_pylist())
+    # the catalog's models in its order, then any other model the scores hold, the ensemble last
+    models = [m for m in catalog.names() if m in present]
+    models += sorted(present - set(models) - {ENSEMBLE}) + ([ENSEMBLE] if ENSEMBLE in present else [])
     report: dict = {"models": {}, "skipped_incidents": []}
     ws_all = np.array([t.timestamp() for t in scores["window_start"].to_pylist()])
     span_lo = eval_from.timestamp() if eval_from else ws_all.min()

@@ -246,7 +246,8 @@ def main(argv: list[str] | None = None) -> int:
     stages.run("cleanse the history", "pipelines.cleanse", "--lake", lake, *runner)
     stages.run("features of the history", "pipelines.features", "--lake", lake,
                "--sampling_interval_seconds", str(args.history_interval), *runner)
-    if not any((Path(models) / name).exists() for name in ("isolation_forest", "autoencoder", "statistical")):
+    from models import base as catalog
+    if not any((Path(models) / name).exists() for name in catalog.default_names()):
         stages.run("train the models", "pipelines.train", "--lake", lake, "--models", models,
                    "--start", start.isoformat(), "--end", train_end.isoformat(), "--window_size", args.window_size)
     else:

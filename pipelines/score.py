@@ -49,6 +49,7 @@ import pyarrow.dataset as pads
 from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from models import base as catalog
 from models import ensemble, registry
 from pipelines import cli
 from pipelines.options import LakeOptions, ModelsOptions, WindowSizeOptions
@@ -119,7 +120,7 @@ def parse_model_versions(pairs: list[str]) -> dict[str, str] | None:
 
 def resolve_models(models_root: str, requested: dict[str, str] | None) -> list[ModelRef]:
     refs = []
-    for name in ensemble.MODELS:
+    for name in catalog.trained(models_root) or ensemble.MODELS:     # every registered model trained there
         mv = registry.load(models_root, name, (requested or {}).get(name))     # verifies every sha256
         refs.append(ModelRef.of(mv))
     return refs

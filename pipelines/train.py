@@ -4,10 +4,12 @@ Input: a features dataset written by ``pipelines.extract_training --kind feature
 or ``--start/--end`` (+ ``--as_of_version``/``--as_of_timestamp``), in which case the extraction
 runs first. Every file of the dataset is checked against its manifest's sha256.
 
-Models (all on device-relative features, see models/features.py):
+Models (all on device-relative features, see models/features.py), from the catalog of
+models/base.py (``--model_names``; a new model registers there):
   * isolation_forest: scikit-learn IsolationForest (seeded);
   * autoencoder: a dense Keras autoencoder (seeded, deterministic ops, one thread);
-  * statistical: robust z-score against each device's own baseline (largest |z| of a window).
+  * statistical: robust z-score against each device's own baseline (largest |z| of a window);
+  * pca (not trained by default): Hotelling T^2 and Q (SPE) of a PCA per device (models/pca.py).
 
 Threshold calibration, per model, on the training windows' scores: median + ``--threshold_margin``
 x (``--threshold_quantile`` quantile - median). Training data are not labelled and may hold
@@ -19,29 +21,32 @@ Output: ``<models>/<name>/<version>/`` with the artifact (model.pkl or model.ker
 baseline (baseline.parquet) and metadata.json: the training data manifest, parameters, threshold,
 metrics, library versions and the sha256 of every file.
 
+Guards: each model's flag rate on its own training windows is printed and recorded beside its
+target (1 - ``--threshold_quantile``); when one is above ``--max_flag_ratio`` x its target nothing is
+registered (when it flags at least 10 windows) and train exits 2 with the reason (``--force`` registers anyway). Devices with fewer than
+``--min_windows`` training windows are listed one by one (they are scored against the fleet
+baseline) and counted in the summary.
+
 examples:
   python -m pipelines.train --dataset ./data/lake/training/features-2026-10-18-2026-10-22-v3-...
   python -m pipelines.train --start 2026-10-18 --end 2026-10-22 --window_size 1h --models ./data/models
 """
 from __future__ import annotations
 
-import io
 import json
 import logging
-import pickle
 import sys
 import time
 from dataclasses import asdict, dataclass
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from models import autoencoder, isolation_forest, registry
-from models.ensemble import MODELS
-from models.features import MODEL_FEATURES, DeviceBaseline, matrix
-from models.handlers import BASELINE_FILE, KERAS_FILE, SKLEARN_FILE
-from models.statistical import RobustZScore
+from models import base as catalog
+from models import registry
+from models.features import BASELINE_FILE, MODEL_FEATURES, DeviceBaseline, matrix
 from pipelines import cli
 from pipelines.options import MODEL_WINDOW, LakeOptions, ModelsOptions, SpanOptions, WindowSizeOptions
 
@@ -63,6 +68,7 @@ class TrainParams:
     threshold_quantile: float = 0.999
     threshold_margin: float = 1.2
     clean_z: float = 8.0
+    max_flag_ratio: float = 3.0         # refuse a model flagging more than this x its target of its training data
 
 
 def calibrate(scores: np.ndarray, clean: np.ndarray, q: float, margin: float) -> float:
@@ -89,55 +95,99 @@ def _versions() -> dict:
             "pyarrow": pa.__version__}
 
 
+class ModelRefused(RuntimeError):
+    """A model flags far more of its own training windows than its threshold was calibrated for."""
+
+
+def target_flag_rate(params: TrainParams) -> float:
+    """The share of training windows a threshold is calibrated to flag at most: 1 - the quantile."""
+    return 1.0 - params.threshold_quantile
+
+
+# fewer flagged training windows than this are never refused: on a small training set one or two
+# windows are already "far above" a 0.1 % target
+MIN_REFUSED_WINDOWS = 10
+
+
+def check_flag_rates(metrics: dict[str, dict], params: TrainParams) -> list[str]:
+    """A readable reason for every model whose training flag rate is above max_flag_ratio x target
+    (and that flags at least MIN_REFUSED_WINDOWS windows)."""
+    target = target_flag_rate(params)
+    limit = params.max_flag_ratio * target
+    return [f"{name} flags {m['train_flag_rate']:.2%} of its own {m['windows']} training windows, "
+            f"{m['train_flag_rate'] / target:.0f}x its calibrated target of {target:.2%} (the limit is "
+            f"{params.max_flag_ratio:g}x = {limit:.2%}); median score {m['score_p50']:.4g}, threshold "
+            f"{m['threshold']:.4g}"
+            for name, m in metrics.items()
+            if m["train_flag_rate"] > limit and m["train_flag_rate"] * m["windows"] >= MIN_REFUSED_WINDOWS]
+
+
+def _fleet_fallback(devices: np.ndarray, min_windows: int) -> dict[str, int]:
+    """Devices with fewer than min_windows training windows (they use the fleet baseline), logged one by one."""
+    ids, counts = np.unique(devices.astype(str), return_counts=True)
+    few = {str(d): int(n) for d, n in zip(ids, counts) if n < min_windows}
+    for d, n in few.items():
+        log.warning("device %s: %d training windows (< --min_windows %d): scored against the fleet baseline",
+                    d, n, min_windows)
+    return few
+
+
 def train(features: pa.Table, manifest: dict, models_root: str, params: TrainParams = TrainParams(),
-          names: tuple[str, ...] = MODELS) -> dict[str, registry.ModelVersion]:
-    """Fits the models on feature windows and saves one new version of each; returns them."""
+          names: tuple[str, ...] | None = None, force: bool = False) -> dict[str, registry.ModelVersion]:
+    """Fits the models (default: the catalog's default ones) on feature windows and saves one new
+    version of each; returns them. Nothing is saved when a model flags more than
+    ``params.max_flag_ratio`` x its target of its own training windows (ModelRefused), unless ``force``."""
+    names = catalog.default_names() if names is None else names
+    for name in names:
+        catalog.get(name)                 # an unknown name fails before any training
     features = features.filter(np.asarray(features["window_size"].to_pylist()) == params.window_size) \
         if features.num_rows else features
     if features.num_rows < 10:
         raise ValueError(f"only {features.num_rows} training windows of size {params.window_size}")
     devices = np.asarray(features["device_id"].to_pylist(), dtype=object)
     x = matrix(features)
-    baseline = DeviceBaseline.fit(devices, x, min_windows=params.min_windows, clip=params.clip)
+    window_s = float(np.median(pc.subtract(features["window_end"], features["window_start"])
+                               .cast(pa.int64()).to_numpy()) / 1e6)
+    baseline = DeviceBaseline.fit(devices, x, min_windows=params.min_windows, clip=params.clip, window_s=window_s)
     z = baseline.transform(devices, x)
-    stat = RobustZScore(top_k=params.stat_top_k).fit(z)
     clean = np.abs(z).max(axis=1) <= params.clean_z
     baseline_bytes = baseline.to_bytes()
+    fallback = _fleet_fallback(devices, params.min_windows)
     common = {
         "model_features": list(MODEL_FEATURES), "window_size": params.window_size, "params": asdict(params),
         "training_data": manifest, "libraries": _versions(),
-        "baseline": {"devices": int(len(baseline.devices)),
-                     "devices_on_fleet_baseline": int((np.unique(devices.astype(str), return_counts=True)[1]
-                                                       < params.min_windows).sum())},
+        "baseline": {"devices": int(len(baseline.devices)), "devices_on_fleet_baseline": len(fallback),
+                     "fleet_baseline_devices": sorted(fallback)},
         "training_windows": int(features.num_rows), "training_devices": int(len(set(devices))),
         "clean_windows": int(clean.sum()),
     }
-    out: dict[str, registry.ModelVersion] = {}
+    fitted = {}
     for name in names:
+        cls = catalog.get(name)
         started = time.monotonic()
-        if name == "isolation_forest":
-            model = isolation_forest.fit(z, params.seed, params.if_trees, params.if_max_samples)
-            scores = isolation_forest.anomaly_score(model, z)
-            files = {SKLEARN_FILE: pickle.dumps(model, protocol=4)}
-            kind, extra = "sklearn", {}
-        elif name == "autoencoder":
-            model, losses = autoencoder.fit(z, params.seed, params.ae_epochs, params.ae_batch_size, params.ae_hidden)
-            scores = autoencoder.anomaly_score(model, z)
-            files = {KERAS_FILE: autoencoder.to_bytes(model)}
-            kind, extra = "keras", {"loss_first": losses[0], "loss_last": losses[-1]}
-        elif name == "statistical":
-            scores = stat.anomaly_score(z)
-            files = {SKLEARN_FILE: pickle.dumps(stat, protocol=4)}
-            kind, extra = "sklearn", {}
-        else:
-            raise ValueError(f"unknown model {name!r}")
+        model = cls.from_params(params).fit(z, devices, params.seed)
+        scores = model.calibration_scores(z, devices)
         threshold = calibrate(scores, clean, params.threshold_quantile, params.threshold_margin)
-        files[BASELINE_FILE] = baseline_bytes
-        metrics = dict(_metrics(scores, threshold), fit_seconds=round(time.monotonic() - started, 2), **extra)
-        meta = dict(common, kind=kind, threshold=threshold, metrics=metrics)
+        metrics = dict(_metrics(scores, threshold), target_flag_rate=target_flag_rate(params),
+                       fit_seconds=round(time.monotonic() - started, 2), **model.fit_metrics())
+        fitted[name] = (cls, model, threshold, metrics)
+    refused = check_flag_rates({n: f[3] for n, f in fitted.items()}, params)
+    if refused and not force:
+        raise ModelRefused("train: refusing to register the models, nothing was saved:\n  "
+                           + "\n  ".join(refused) + "\nA model that flags that much of its training data is "
+                           "degenerate (e.g. a feature whose scale collapsed) or the data are not normal; "
+                           "check the training span, or pass --force to register anyway.")
+    for reason in refused:
+        log.warning("--force: registering although %s", reason)
+    out: dict[str, registry.ModelVersion] = {}
+    for name, (cls, model, threshold, metrics) in fitted.items():
+        files = dict(model.save(), **{BASELINE_FILE: baseline_bytes})
+        meta = dict(common, kind=cls.kind, model_module=cls.__module__, threshold=threshold, metrics=metrics,
+                    forced=bool(force and any(r.startswith(name + " ") for r in refused)))
         version = registry.save(models_root, name, files, meta)
-        log.info("saved %s %s: threshold %.4f, training flag rate %.4f (%d windows)", name, version.version,
-                 threshold, metrics["train_flag_rate"], metrics["windows"])
+        log.info("saved %s %s: threshold %.4f, training flag rate %.4f (target %.4f, %d windows)", name,
+                 version.version, threshold, metrics["train_flag_rate"], metrics["target_flag_rate"],
+                 metrics["windows"])
         out[name] = version
     return out
 
@@ -149,7 +199,9 @@ class TrainOptions(LakeOptions, ModelsOptions, WindowSizeOptions, SpanOptions, P
         g.add_argument("--dataset", default=None,
                        help="a features dataset directory from extract_training (default: extract one from "
                             "--start/--end, --as_of_version/--as_of_timestamp first)")
-        g.add_argument("--model_names", default=",".join(MODELS), help="models to train (comma list)")
+        g.add_argument("--model_names", default=None,
+                       help="models to train (comma list; default: " + ",".join(catalog.default_names())
+                            + "; registered: " + ",".join(catalog.names()) + ")")
         g.add_argument("--seed", type=int, default=TrainParams.seed,
                        help="random seed of the Isolation Forest and the autoencoder")
         g.add_argument("--min_windows", type=int, default=TrainParams.min_windows,
@@ -162,6 +214,11 @@ class TrainOptions(LakeOptions, ModelsOptions, WindowSizeOptions, SpanOptions, P
                        help="see --threshold_quantile")
         g.add_argument("--clean_z", type=float, default=TrainParams.clean_z,
                        help="training windows with a largest |z| above this are left out of threshold calibration")
+        g.add_argument("--max_flag_ratio", type=float, default=3.0,
+                       help="refuse to register the models when one flags more than this x its target "
+                            "(1 - --threshold_quantile) of its own training windows")
+        g.add_argument("--force", action="store_true", default=False,
+                       help="register the models even when one is above --max_flag_ratio (recorded in its metadata)")
 
 
 def arg_parser():
@@ -186,13 +243,16 @@ def run(argv: list[str] | None = None) -> dict[str, registry.ModelVersion]:
     params = TrainParams(seed=opts.seed, window_size=opts.window_size, min_windows=opts.min_windows,
                          if_trees=opts.if_trees, ae_epochs=opts.ae_epochs,
                          threshold_quantile=opts.threshold_quantile, threshold_margin=opts.threshold_margin,
-                         clean_z=opts.clean_z)
+                         clean_z=opts.clean_z, max_flag_ratio=opts.max_flag_ratio)
     started = time.monotonic()
-    names = tuple(n.strip() for n in opts.model_names.split(",") if n.strip())
-    out = train(features, manifest, opts.models, params, names)
+    names = tuple(n.strip() for n in opts.model_names.split(",") if n.strip()) if opts.model_names else None
+    out = train(features, manifest, opts.models, params, names, force=opts.force)
     summary = {n: {"version": v.version, "threshold": v.metadata["threshold"],
-                   "train_flag_rate": v.metadata["metrics"]["train_flag_rate"], "path": str(v.path)}
+                   "train_flag_rate": v.metadata["metrics"]["train_flag_rate"],
+                   "target_flag_rate": v.metadata["metrics"]["target_flag_rate"], "path": str(v.path)}
                for n, v in out.items()}
+    if out:
+        summary["devices_on_fleet_baseline"] = next(iter(out.values())).metadata["baseline"]["devices_on_fleet_baseline"]
     summary["elapsed_s"] = round(time.monotonic() - started, 2)
     print("TRAIN_SUMMARY " + json.dumps(summary, sort_keys=True))
     return out
@@ -200,7 +260,11 @@ def run(argv: list[str] | None = None) -> dict[str, registry.ModelVersion]:
 
 def main(argv: list[str] | None = None) -> int:
     cli.setup_logging()
-    run(argv)
+    try:
+        run(argv)
+    except ModelRefused as exc:
+        print(exc, file=sys.stderr)
+        return 2
     return 0
 
 

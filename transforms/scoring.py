@@ -3,13 +3,17 @@ scores rows and model alerts.
 
     features (Arrow) --Blocks--> (block_id, meta, raw feature matrix)
         --Normalize[m]--> (block_id, device-relative z)  --RunInference[m]--> (block_id, (scores, contributions))
-    CoGroupByKey(meta, m1, m2, m3) --BuildScores--> scores rows (Arrow) + anomalous ensemble windows
+    CoGroupByKey(meta, m1 .. mn) --BuildScores--> scores rows (Arrow) + anomalous ensemble windows
     anomalous windows --by device--> episodes --> WARNING / HIGH alerts (Arrow)
 
 Element sizes: a block's meta table and each model's (scores, contributions) cross the Join, so a
 block holds at most as many windows as keep the largest of them within the chunk bound of
 :mod:`transforms.arrow` (``--block_rows`` is capped accordingly); its meta is compacted (a slice of
 the file's table would pickle the whole file's columns).
+
+The models come from the catalog (models/base.py): the one a version was trained as says which
+handler serves it, whether it needs the device ids beside z, and whether its contributions (the
+window's |z|) explain the ensemble's alerts. The ensemble is the explicit vote of models/ensemble.py.
 """
 from __future__ import annotations
 
@@ -25,6 +29,7 @@ import pyarrow.compute as pc
 from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
 
+from models import base as catalog
 from models import ensemble, registry
 from models.features import MODEL_FEATURES, DeviceBaseline, matrix, top_features
 from models.handlers import BASELINE_FILE, handler_for
@@ -40,12 +45,17 @@ class ModelRef:
     name: str
     version: str
     path: str
-    kind: str            # sklearn | keras
+    kind: str            # the handler serving it (models/handlers.py)
     threshold: float
+    module: str | None = None     # where its class registers (imported on workers that do not know it)
 
     @classmethod
     def of(cls, mv: registry.ModelVersion) -> "ModelRef":
-        return cls(mv.name, mv.version, str(mv.path), mv.metadata["kind"], float(mv.metadata["threshold"]))
+        return cls(mv.name, mv.version, str(mv.path), mv.metadata["kind"], float(mv.metadata["threshold"]),
+                   mv.metadata.get("model_module"))
+
+    def model_class(self) -> type[catalog.AnomalyModel]:
+        return catalog.get(self.name, self.module)
 
 
 def ensemble_version(models: list[ModelRef]) -> str:
@@ -94,10 +104,13 @@ class _Normalize(beam.DoFn):
 
     def setup(self):
         self._baseline = DeviceBaseline.from_bytes(registry.read_verified(self._model.path, BASELINE_FILE))
+        self._with_devices = self._model.model_class().needs_devices
 
     def process(self, block):
         block_id, meta, x = block
-        yield block_id, self._baseline.transform(np.asarray(meta["device_id"].to_pylist(), dtype=object), x)
+        devices = np.asarray(meta["device_id"].to_pylist(), dtype=object)
+        z = self._baseline.transform(devices, x)
+        yield block_id, ((z, devices) if self._with_devices else z)
 
 
 class _BuildScores(beam.DoFn):
@@ -106,9 +119,10 @@ class _BuildScores(beam.DoFn):
 
     ANOMALIES = "anomalies"
 
-    def __init__(self, models: list[ModelRef], high_factor: float, top_k: int, scored_at: dt.datetime):
+    def __init__(self, models: list[ModelRef], high_factor: float, top_k: int, scored_at: dt.datetime,
+                 vote: ensemble.KOfN = ensemble.DEFAULT_VOTE):
         self._models = sorted(models, key=lambda m: m.name)
-        self._high, self._k, self._at = high_factor, top_k, scored_at
+        self._high, self._k, self._at, self._vote = high_factor, top_k, scored_at, vote
         self._rows = Metrics.counter(APP, "score_rows")
         self._anomalies = {m.name: Metrics.counter(APP, f"anomalous_windows_{m.name}") for m in self._models}
         self._anomalies[ensemble.ENSEMBLE] = Metrics.counter(APP, "anomalous_windows_ensemble")
@@ -125,14 +139,11 @@ class _BuildScores(beam.DoFn):
             s, c = grouped[m.name][0]
             scores[m.name], contrib[m.name] = np.asarray(s, np.float64), np.asarray(c, np.float64)
         thresholds = {m.name: m.threshold for m in self._models}
-        ens = ensemble.combine(scores, thresholds)
+        ens = ensemble.combine(scores, thresholds, self._vote)
         severity = ensemble.severity(ens, self._high)
-        # ensemble attribution: the features with the largest |z| (the statistical view), or, without
-        # that model, the mean of the models' contributions normalised per row
-        if "statistical" in contrib:
-            ens_contrib = contrib["statistical"]
-        else:
-            ens_contrib = np.mean([c / (c.sum(axis=1, keepdims=True) + 1e-12) for c in contrib.values()], axis=0)
+        z_rows = self._z_contributions(contrib)
+        ens_contrib = z_rows if z_rows is not None else \
+            np.mean([c / (c.sum(axis=1, keepdims=True) + 1e-12) for c in contrib.values()], axis=0)
         outputs = [(m.name, m.version, scores[m.name], m.threshold, contrib[m.name]) for m in self._models]
         outputs.append((ensemble.ENSEMBLE, ensemble_version(self._models), ens, 1.0, ens_contrib))
         date = pc.cast(meta["window_start"], pa.date32())
@@ -156,7 +167,6 @@ class _BuildScores(beam.DoFn):
         yield table
         anomalous = np.flatnonzero(ens >= 1.0)
         if len(anomalous):
-            z_rows = contrib.get("statistical")
             by_model = {m.name: scores[m.name] for m in self._models}
             for i in anomalous:
                 tops = top_features(ens_contrib[i:i + 1], MODEL_FEATURES, self._k)[0]
@@ -167,6 +177,15 @@ class _BuildScores(beam.DoFn):
                     "score": float(ens[i]), "severity": severity[i], "top_features": tops, "z": detail,
                     "model_scores": {k: round(float(v[i]), 6) for k, v in by_model.items()},
                 }))
+
+
+    def _z_contributions(self, contrib: dict[str, np.ndarray]) -> np.ndarray | None:
+        """The ensemble's attribution: the |z| of the window, from a model whose contributions are
+        exactly that (models/base.py ``explains_with_z``), else None (the models' mean share is used)."""
+        for m in self._models:
+            if m.model_class().explains_with_z:
+                return contrib[m.name]
+        return None
 
 
 class _Episodes(beam.DoFn):
@@ -223,8 +242,10 @@ class ScoreWindows(beam.PTransform):
 
     def __init__(self, models: list[ModelRef], window_size: str, window_s: float, *, block_rows: int = 4096,
                  high_factor: float = ensemble.DEFAULT_HIGH_FACTOR, top_k: int = 3, episode_gap: int = 2,
-                 prior: dict | None = None, now: dt.datetime | None = None, known_alerts: frozenset = frozenset()):
+                 prior: dict | None = None, now: dt.datetime | None = None, known_alerts: frozenset = frozenset(),
+                 vote: ensemble.KOfN = ensemble.DEFAULT_VOTE):
         super().__init__()
+        self._vote = vote
         self._models, self._ws, self._window_s = models, window_size, window_s
         self._block_rows, self._high, self._k, self._gap = block_rows, high_factor, top_k, episode_gap
         self._prior = prior or {}
@@ -241,7 +262,7 @@ class ScoreWindows(beam.PTransform):
                               | f"RunInference_{m.name}" >> RunInference(handler)
                               | f"Unwrap_{m.name}" >> beam.MapTuple(lambda k, r: (k, r.inference)))
         built = (joined | "Join" >> beam.CoGroupByKey()
-                 | "BuildScores" >> beam.ParDo(_BuildScores(self._models, self._high, self._k, self._now))
+                 | "BuildScores" >> beam.ParDo(_BuildScores(self._models, self._high, self._k, self._now, self._vote))
                  .with_outputs(_BuildScores.ANOMALIES, main="scores"))
         alerts = (built[_BuildScores.ANOMALIES]
                   | "ByDevice" >> beam.GroupByKey()
