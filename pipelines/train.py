@@ -22,8 +22,11 @@ baseline (baseline.parquet) and metadata.json: the training data manifest, param
 metrics, library versions and the sha256 of every file.
 
 Guards: each model's flag rate on its own training windows is printed and recorded beside its
-target (1 - ``--threshold_quantile``); when one is above ``--max_flag_ratio`` x its target nothing is
-registered (when it flags at least 10 windows) and train exits 2 with the reason (``--force`` registers anyway). Devices with fewer than
+target (1 - ``--threshold_quantile``). It is judged on the windows the prefilter considers normal (a
+training span may hold failing devices, whose windows any good model flags): when one model flags more
+than ``--max_flag_ratio`` x its target of them (and at least 10), or the prefilter itself sets aside
+more than 20% of the windows (a collapsed feature scale), nothing is registered and train exits 2 with
+the reason (``--force`` registers anyway). Devices with fewer than
 ``--min_windows`` training windows are listed one by one (they are scored against the fleet
 baseline) and counted in the summary.
 
@@ -69,6 +72,7 @@ class TrainParams:
     threshold_margin: float = 1.2
     clean_z: float = 8.0
     max_flag_ratio: float = 3.0         # refuse a model flagging more than this x its target of its training data
+    max_prefiltered: float = 0.2        # refuse a span whose prefilter sets aside more than this share of windows
 
 
 def calibrate(scores: np.ndarray, clean: np.ndarray, q: float, margin: float) -> float:
@@ -110,16 +114,28 @@ MIN_REFUSED_WINDOWS = 10
 
 
 def check_flag_rates(metrics: dict[str, dict], params: TrainParams) -> list[str]:
-    """A readable reason for every model whose training flag rate is above max_flag_ratio x target
-    (and that flags at least MIN_REFUSED_WINDOWS windows)."""
+    """A readable reason for every model whose flag rate on the calibration windows (those the
+    prefilter considers normal: training spans may hold failing devices, whose windows any good model
+    flags) is above max_flag_ratio x target, and that flags at least MIN_REFUSED_WINDOWS of them."""
     target = target_flag_rate(params)
     limit = params.max_flag_ratio * target
-    return [f"{name} flags {m['train_flag_rate']:.2%} of its own {m['windows']} training windows, "
-            f"{m['train_flag_rate'] / target:.0f}x its calibrated target of {target:.2%} (the limit is "
-            f"{params.max_flag_ratio:g}x = {limit:.2%}); median score {m['score_p50']:.4g}, threshold "
-            f"{m['threshold']:.4g}"
+    return [f"{name} flags {m['clean_flag_rate']:.2%} of its own {m['clean_windows']} training windows "
+            f"that the prefilter considers normal, {m['clean_flag_rate'] / target:.0f}x its calibrated target of "
+            f"{target:.2%} (the limit is {params.max_flag_ratio:g}x = {limit:.2%}); median score "
+            f"{m['score_p50']:.4g}, threshold {m['threshold']:.4g}"
             for name, m in metrics.items()
-            if m["train_flag_rate"] > limit and m["train_flag_rate"] * m["windows"] >= MIN_REFUSED_WINDOWS]
+            if m["clean_flag_rate"] > limit and m["clean_flag_rate"] * m["clean_windows"] >= MIN_REFUSED_WINDOWS]
+
+
+def check_prefilter(clean: np.ndarray, params: TrainParams) -> list[str]:
+    """The prefilter itself degenerates when a feature's scale collapses: most windows then hit the z
+    clip. A training span is refused when more than max_prefiltered of its windows are set aside."""
+    share = 1.0 - float(clean.mean()) if len(clean) else 0.0
+    if share <= params.max_prefiltered:
+        return []
+    return [f"the prefilter (largest |z| <= {params.clean_z:g}) sets aside {share:.1%} of the {len(clean)} "
+            f"training windows (the limit is {params.max_prefiltered:.0%}): a feature's scale collapsed or the "
+            f"span is not mostly normal"]
 
 
 def _fleet_fallback(devices: np.ndarray, min_windows: int) -> dict[str, int]:
@@ -168,10 +184,13 @@ def train(features: pa.Table, manifest: dict, models_root: str, params: TrainPar
         model = cls.from_params(params).fit(z, devices, params.seed)
         scores = model.calibration_scores(z, devices)
         threshold = calibrate(scores, clean, params.threshold_quantile, params.threshold_margin)
+        calibration = scores[clean] if clean.sum() >= 50 else scores
         metrics = dict(_metrics(scores, threshold), target_flag_rate=target_flag_rate(params),
+                       clean_windows=int(len(calibration)), clean_flag_rate=float(np.mean(calibration >= threshold)),
                        fit_seconds=round(time.monotonic() - started, 2), **model.fit_metrics())
         fitted[name] = (cls, model, threshold, metrics)
-    refused = check_flag_rates({n: f[3] for n, f in fitted.items()}, params)
+    prefilter = check_prefilter(clean, params)
+    refused = prefilter + check_flag_rates({n: f[3] for n, f in fitted.items()}, params)
     if refused and not force:
         raise ModelRefused("train: refusing to register the models, nothing was saved:\n  "
                            + "\n  ".join(refused) + "\nA model that flags that much of its training data is "
@@ -183,7 +202,7 @@ def train(features: pa.Table, manifest: dict, models_root: str, params: TrainPar
     for name, (cls, model, threshold, metrics) in fitted.items():
         files = dict(model.save(), **{BASELINE_FILE: baseline_bytes})
         meta = dict(common, kind=cls.kind, model_module=cls.__module__, threshold=threshold, metrics=metrics,
-                    forced=bool(force and any(r.startswith(name + " ") for r in refused)))
+                    forced=bool(force and (prefilter or any(r.startswith(name + " ") for r in refused))))
         version = registry.save(models_root, name, files, meta)
         log.info("saved %s %s: threshold %.4f, training flag rate %.4f (target %.4f, %d windows)", name,
                  version.version, threshold, metrics["train_flag_rate"], metrics["target_flag_rate"],

@@ -94,7 +94,8 @@ def added_files(lake_root: str, table: str, after_version: int | None, upto_vers
 
 
 def with_partition_columns(table_name: str, data: pa.Table, partition_values) -> pa.Table:
-    """Adds the partition columns back and casts to the contract (Delta files do not store them)."""
+    """Adds the partition columns back (Delta files do not store them) and casts to the contract; a
+    nullable column the file predates reads as nulls, as Delta readers do after a schema change."""
     schema = TABLES[table_name].schema
     for name, value in partition_values:
         if name not in data.column_names:
@@ -107,6 +108,9 @@ def with_partition_columns(table_name: str, data: pa.Table, partition_values) ->
             else:
                 column = pa.array([value] * data.num_rows, typ)
             data = data.append_column(name, column)
+    for field in schema:        # a file written before a nullable column was added reads it as nulls
+        if field.name not in data.column_names and field.nullable:
+            data = data.append_column(field.name, pa.nulls(data.num_rows, field.type))
     return lake.conform(table_name, data)
 
 
