@@ -224,10 +224,12 @@ class _RulesFn(beam.DoFn):
         """States for the batch's devices the store does not hold: baselines rebuilt from the lake."""
         if self._warm is None:
             return None
-        model_of = dict(zip(ids[index], batch.model))
 
         def fill(missing: np.ndarray):
-            states = self._warm.states(missing, np.array([model_of[d] for d in missing], object),
+            # only called for devices without state: the model lookup stays off the per-batch path
+            first_row = np.unique(index, return_index=True)[1]
+            models = np.asarray(batch.model, object)[first_row][np.searchsorted(ids, missing)]
+            states = self._warm.states(missing, models,
                                        self._registry.get())
             self._count("state_devices_warmed", int((np.diff(states.offsets("vib")) > 0).sum()))
             return states

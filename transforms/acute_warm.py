@@ -38,6 +38,8 @@ FEATURE_WINDOW = "15m"
 FEATURE_WINDOW_US = 15 * MINUTE_US
 DEFAULT_LANDING_LOOKBACK_S = 3 * 3600.0
 DEFAULT_KEEP_S = 3600.0
+PIECES = pa.schema([("device_id", pa.string()), ("start", pa.int64()), ("s", pa.float64()), ("n", pa.int64()),
+                    ("first", pa.int64()), ("exact", pa.bool_())])
 NO_TIME = np.iinfo(np.int64).min
 
 
@@ -108,8 +110,7 @@ def load(lake_root: str, config: RuleConfig, registry: pa.Table, now: dt.datetim
 
 def _feature_pieces(lake_root: str, horizon: dt.datetime) -> pa.Table:
     table = lake.open_table(lake_root, "features")
-    schema = pa.schema([("device_id", pa.string()), ("start", pa.int64()), ("s", pa.float64()),
-                        ("n", pa.int64()), ("first", pa.int64()), ("exact", pa.bool_()), ("window_end", pa.int64())])
+    schema = PIECES.append(pa.field("window_end", pa.int64()))
     if table is None:
         return schema.empty_table()
     f = table.to_pyarrow_dataset().to_table(
@@ -135,9 +136,7 @@ def _last_window_end(features: pa.Table) -> pa.Table:
 def _landing_pieces(lake_root: str, registry: pa.Table, since: dt.datetime, cutoffs: pa.Table) -> pa.Table:
     from transforms.acute import canonical_values, in_range     # the streaming path's own conversions
     table = lake.open_table(lake_root, "raw_sensor_readings")
-    empty = pa.table({"device_id": pa.array([], pa.string()), "start": pa.array([], pa.int64()),
-                      "s": pa.array([], pa.float64()), "n": pa.array([], pa.int64()),
-                      "first": pa.array([], pa.int64()), "exact": pa.array([], pa.bool_())})
+    empty = PIECES.empty_table()
     if table is None:
         return empty
     rows = table.to_pyarrow_dataset().to_table(
