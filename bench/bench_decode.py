@@ -1,6 +1,6 @@
 """Decode throughput: the per-reading path vs the fast path (msgspec + column checks).
 
-Input: pre-encoded, simulator-like messages (pipelines.simulation.wire shapes: event_id
+Input: pre-encoded, simulator-like messages (simulation.wire shapes: event_id
 "<device>-<sensor>-<t_ms>", values rounded to 4 decimals, the canonical unit left out for every
 other device, ts as epoch-ms numbers for most devices and ISO-8601 text for some, seq), as
   gateway   gateway batches of --batch_readings readings, --gateway_messages messages per decode call

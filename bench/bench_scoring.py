@@ -1,6 +1,6 @@
 """Scoring throughput: feature windows per second for each model and the whole Beam scoring graph.
 
-Trains the three models on a simulated fleet's first days (models.synthetic), then scores
+Trains the three models on a simulated fleet's first days (simulation.synthetic), then scores
 --windows feature windows:
   * per model, in process: device normalisation + the RunInference handler's run_inference on
     blocks of --block_rows windows (what one worker does per element);
@@ -38,7 +38,8 @@ def main(argv=None) -> int:
     p.add_argument("--skip_pipeline", action="store_true", help="only the in-process per-model figures")
     args = p.parse_args(argv)
 
-    from models import registry, synthetic
+    from models import registry
+    from simulation import synthetic
     from models.features import DeviceBaseline, matrix
     from models.handlers import BASELINE_FILE, handler_for
     from pipelines.train import TrainParams, train

@@ -34,7 +34,7 @@ from bench.bench_streaming import (Offsets, accepted_readings, create_topic, job
                                    readings_per_second, rss_mb, write_registry)
 from bench.machine import describe, machine
 
-WIRE_FAULT_TYPES = 9      # pipelines.simulation.incidents.WIRE_FAULTS
+WIRE_FAULT_TYPES = 9      # simulation.incidents.WIRE_FAULTS
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -216,7 +216,7 @@ def produce(args, devices: int, lake: str, topic: str, phase: str, start: dt.dat
 
 
 def write_registry(lake: str, devices: int, seed: int = SEED) -> list:
-    from pipelines.simulation.fleet import make_fleet, registry_table
+    from simulation.fleet import make_fleet, registry_table
     from transforms import lake as lake_io
     fleet = make_fleet(devices, seed)
     lake_io.overwrite(lake, "devices", registry_table(fleet))
@@ -257,7 +257,7 @@ class Ticks:
 
     def __init__(self, args, fleet: list, topic: str):
         from confluent_kafka import Producer
-        from pipelines.simulation.stream import StreamConfig
+        from simulation.stream import StreamConfig
         self.args, self.fleet, self.topic = args, fleet, topic
         self.cfg = StreamConfig(batch_size=args.batch_size, single_fraction=args.single_fraction,
                                 interval_s=args.interval)
@@ -269,8 +269,8 @@ class Ticks:
         self.messages = self.readings = self.surges = 0
 
     def produce(self, start: dt.datetime, ticks: int, rate: float | None = None, surge: bool = False) -> dict:
-        from pipelines.simulation import generator
-        from pipelines.simulation.stream import messages_for
+        from simulation import generator
+        from simulation.stream import messages_for
         step = dt.timedelta(seconds=self.args.interval)
         t0, produced0 = time.monotonic(), self.readings
         for k in range(ticks):

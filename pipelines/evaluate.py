@@ -45,7 +45,7 @@ from models import base as catalog
 from models.ensemble import ENSEMBLE, MODELS  # noqa: F401  (MODELS: the default models, for the report)
 from pipelines import cli
 from pipelines.options import LakeOptions, WindowSizeOptions
-from pipelines.simulation.incidents import ACUTE_MODES, GRADUAL_MODES
+from simulation.incidents import ACUTE_MODES, GRADUAL_MODES
 from transforms import lake
 
 log = logging.getLogger("evaluate")

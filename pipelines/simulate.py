@@ -30,11 +30,11 @@ import pyarrow.parquet as pq
 
 from pipelines import cli
 from pipelines.options import KafkaOptions, LakeOptions, declare
-from pipelines.simulation import fleet as fleet_mod
-from pipelines.simulation.backfill import backfill
-from pipelines.simulation.incidents import (ACUTE_MODES, DATA_FAULTS, GRADUAL_MODES, WIRE_FAULTS, PlanConfig,
+from simulation import fleet as fleet_mod
+from simulation.backfill import backfill
+from simulation.incidents import (ACUTE_MODES, DATA_FAULTS, GRADUAL_MODES, WIRE_FAULTS, PlanConfig,
                                             plan_incidents, unknown_devices)
-from pipelines.simulation.stream import StreamConfig, stream
+from simulation.stream import StreamConfig, stream
 from schemas.sensors import SENSOR_TYPES
 from transforms import lake
 
@@ -233,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _unknown_device_incidents(extra, start, end):
-    from pipelines.simulation.incidents import Incident
+    from simulation.incidents import Incident
     return [Incident("data_fault", "unknown_device", d.device_id, d.index, start, end) for d in extra]
 
 

@@ -9,10 +9,10 @@ import apache_beam as beam
 from apache_beam.testing.test_stream import TestStream
 from apache_beam.utils.timestamp import Timestamp
 
-from pipelines.simulation import fleet as fleet_mod
-from pipelines.simulation import generator, rows, wire
-from pipelines.simulation.incidents import ACUTE_MODES, WIRE_FAULTS, Incident
-from pipelines.simulation.stream import StreamConfig, messages_for
+from simulation import fleet as fleet_mod
+from simulation import generator, rows, wire
+from simulation.incidents import ACUTE_MODES, WIRE_FAULTS, Incident
+from simulation.stream import StreamConfig, messages_for
 from transforms import lake as lake_io
 from transforms.decode import KafkaMessage
 

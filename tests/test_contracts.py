@@ -11,8 +11,8 @@ import pyarrow.dataset as pads
 import pytest
 from apache_beam.utils.timestamp import Timestamp
 
-from pipelines.simulation import fleet as fleet_mod
-from pipelines.simulation import generator, wire
+from simulation import fleet as fleet_mod
+from simulation import generator, wire
 from schemas import contracts, generate_tfdv, rows, validation
 from tests.helpers import run_simulator
 from transforms import lake as lake_io

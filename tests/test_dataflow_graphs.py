@@ -106,7 +106,7 @@ def dry_run(monkeypatch):
 @pytest.fixture(scope="module")
 def graph_lake(tmp_path_factory) -> tuple[str, str]:
     """(lake, models root) with new landing versions for cleanse and new clean versions for features."""
-    from models import synthetic
+    from simulation import synthetic
     from pipelines.train import TrainParams
     lake = str(tmp_path_factory.mktemp("graphs") / "lake")
     run_simulator(lake, "--devices", "4", "--backfill_days", "4", "--backfill_end", "2026-10-05",

@@ -4,8 +4,8 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from pipelines.simulation import wire
-from pipelines.simulation.incidents import WIRE_FAULTS
+from simulation import wire
+from simulation.incidents import WIRE_FAULTS
 from transforms.decode import KafkaMessage, Reason, decode_messages
 
 GOOD = {"event_id": "e1", "device_id": "dev-00001", "sensor_type": "temperature", "value": 3.5,

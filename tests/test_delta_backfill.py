@@ -5,8 +5,8 @@ import datetime as dt
 
 import pyarrow.compute as pc
 
-from pipelines.simulation import fleet as fleet_mod
-from pipelines.simulation import generator
+from simulation import fleet as fleet_mod
+from simulation import generator
 from tests.helpers import run_simulator
 from transforms import lake as lake_io
 

@@ -9,9 +9,9 @@ import pyarrow as pa
 import pytest
 from apache_beam.testing.util import assert_that, equal_to
 
-from pipelines.simulation import fleet as fleet_mod
-from pipelines.simulation import generator
-from pipelines.simulation.backfill import _to_landing
+from simulation import fleet as fleet_mod
+from simulation import generator
+from simulation.backfill import _to_landing
 from schemas.validation import ContractViolation
 from transforms import delta, lake as lake_io
 

@@ -124,7 +124,7 @@ def test_union_is_exact_during_an_archive_move(lake, tmp_path, monkeypatch):
 
 
 def test_features_extraction_is_point_in_time_and_reproducible(lake, tmp_path):
-    from models import synthetic
+    from simulation import synthetic
     start = dt.datetime(2026, 10, 1, tzinfo=UTC)
     features, _ = synthetic.fleet_features(6, start, 3, seed=3)
     day = pa.scalar(start + dt.timedelta(days=2), features["window_start"].type)
@@ -143,8 +143,8 @@ def test_features_extraction_is_point_in_time_and_reproducible(lake, tmp_path):
 
 def _span_fixture(lake: str, days: int = 3):
     """Synthetic features of 6 devices over `days` days in one commit, and the fleet's registry."""
-    from models import synthetic
-    from pipelines.simulation import fleet as fleet_mod
+    from simulation import synthetic
+    from simulation import fleet as fleet_mod
     start = dt.datetime(2026, 10, 1, tzinfo=UTC)
     features, _ = synthetic.fleet_features(6, start, days, seed=3)
     lake_io.append(lake, "features", features)

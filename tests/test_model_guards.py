@@ -11,7 +11,8 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from models import registry, synthetic
+from models import registry
+from simulation import synthetic
 from models.base import AnomalyModel, register
 from models.features import MODEL_FEATURES, QUANTISATION_SIGMA, DeviceBaseline, matrix, resolution_floors
 from pipelines import train

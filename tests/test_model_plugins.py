@@ -12,7 +12,8 @@ import pyarrow.compute as pc
 import pytest
 
 from models import base as catalog
-from models import ensemble, registry, synthetic
+from models import ensemble, registry
+from simulation import synthetic
 from pipelines import evaluate, score, train
 from tests import toy_model
 from transforms import lake as lake_io

@@ -1,6 +1,6 @@
 """Models: device baseline, the three detectors and their thresholds, the registry's integrity checks.
 
-Fixture: simulator signals aggregated into 1h feature windows (models.synthetic): 40 devices x 8
+Fixture: simulator signals aggregated into 1h feature windows (simulation.synthetic): 40 devices x 8
 days; the models train on the first 3 days (healthy history) and score the remaining 5, in which
 the simulator injects gradual (turning acute at their end) and acute failures.
 
@@ -20,7 +20,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-from models import autoencoder, ensemble, registry, synthetic
+from models import autoencoder, ensemble, registry
+from simulation import synthetic
 from models.features import MODEL_FEATURES, DeviceBaseline, matrix
 from models.handlers import BASELINE_FILE, KERAS_FILE, SKLEARN_FILE, KerasModelHandlerNumpy, VerifiedSklearnModelHandler
 from pipelines.train import TrainParams, train

@@ -60,7 +60,7 @@ def test_each_option_is_declared_once_with_beams_own_parser():
 
 def test_a_jobs_defaults_are_its_configs():
     from pipelines import cleanse, features, simulate, streaming, train
-    from pipelines.simulation.incidents import PlanConfig
+    from simulation.incidents import PlanConfig
     from transforms import cleansing, features as ft
     from transforms.acute import DEFAULT_SHARDS
 

@@ -7,7 +7,8 @@ import datetime as dt
 import numpy as np
 
 from models import base as catalog
-from models import registry, synthetic
+from models import registry
+from simulation import synthetic
 from models.features import top_features
 from models.handlers import RegisteredModelHandler, handler_for
 from models.pca import PCAModel

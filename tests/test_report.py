@@ -28,7 +28,7 @@ from pipelines import evaluate as ev
 from pipelines import report
 from pipelines.reporting import checks as rc
 from pipelines.reporting import inputs, render
-from pipelines.simulation import stream as sim_stream
+from simulation import stream as sim_stream
 from schemas import contracts
 from tests.helpers import run_simulator
 from transforms import cleansing as cl

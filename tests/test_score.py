@@ -10,7 +10,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-from models import ensemble, registry, synthetic
+from models import ensemble, registry
+from simulation import synthetic
 from models.handlers import SKLEARN_FILE
 from pipelines import score as score_pipeline
 from pipelines.train import TrainParams, train

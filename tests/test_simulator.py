@@ -11,9 +11,9 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pytest
 
-from pipelines.simulation import fleet as fleet_mod
-from pipelines.simulation import generator, wire
-from pipelines.simulation.incidents import ACUTE_MODES, GRADUAL_MODES, WIRE_FAULTS
+from simulation import fleet as fleet_mod
+from simulation import generator, wire
+from simulation.incidents import ACUTE_MODES, GRADUAL_MODES, WIRE_FAULTS
 from tests.helpers import canonical_values, event_time_ms, ground_truth, rows_of, run_simulator
 from transforms import lake as lake_io
 

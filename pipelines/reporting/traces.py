@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import polars as pl
 
-from pipelines.simulation.incidents import ACUTE_MODES, GRADUAL_MODES
+from simulation.incidents import ACUTE_MODES, GRADUAL_MODES
 
 
 def alert_spans(alerts: pl.DataFrame) -> pl.DataFrame:

@@ -9,8 +9,8 @@ import pytest
 from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from pipelines.simulation import fleet as fleet_mod
-from pipelines.simulation.stream import StreamConfig, stream
+from simulation import fleet as fleet_mod
+from simulation.stream import StreamConfig, stream
 
 pytestmark = pytest.mark.integration
 

@@ -106,7 +106,7 @@ def raw_lake(cluster, tmp_path_factory) -> str:
 def features_lake(cluster, tmp_path_factory) -> tuple[str, str]:
     """(lake, models root): 1h feature windows of 8 devices, 2026-10-03 as features v0 and 10-04 as v1,
     failures after 10-03; models trained on 10-01 and 10-02."""
-    from models import synthetic
+    from simulation import synthetic
     from pipelines.train import TrainParams
     features, _ = synthetic.fleet_features(8, START, 4, seed=5, healthy_days=2, gradual_fraction=0.15,
                                            acute_fraction=0.15)

@@ -12,9 +12,9 @@ import datetime as dt
 import numpy as np
 import pyarrow as pa
 
-from pipelines.simulation import fleet as fleet_mod
-from pipelines.simulation import generator
-from pipelines.simulation.incidents import PlanConfig, plan_incidents
+from simulation import fleet as fleet_mod
+from simulation import generator
+from simulation.incidents import PlanConfig, plan_incidents
 from schemas import contracts
 from schemas.sensors import SENSOR_TYPES
 

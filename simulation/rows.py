@@ -8,9 +8,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipelines.simulation import generator
-from pipelines.simulation.fleet import Device
-from pipelines.simulation.incidents import Incident
+from simulation import generator
+from simulation.fleet import Device
+from simulation.incidents import Incident
 
 
 def _ms(t: dt.datetime) -> int:

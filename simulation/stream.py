@@ -11,9 +11,9 @@ import numpy as np
 import pyarrow as pa
 from confluent_kafka import Producer
 
-from pipelines.simulation import generator, rows, wire
-from pipelines.simulation.fleet import Device
-from pipelines.simulation.incidents import WIRE_FAULTS, Incident
+from simulation import generator, rows, wire
+from simulation.fleet import Device
+from simulation.incidents import WIRE_FAULTS, Incident
 from transforms import retry
 
 log = logging.getLogger(__name__)

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from pipelines.simulation.fleet import Device
+from simulation.fleet import Device
 
 # acute failure mode -> (the acute rule it should trigger, sensor, duration)
 ACUTE_MODES = {

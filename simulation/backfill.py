@@ -12,9 +12,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
 
-from pipelines.simulation import generator, rows
-from pipelines.simulation.fleet import Device
-from pipelines.simulation.incidents import Incident
+from simulation import generator, rows
+from simulation.fleet import Device
+from simulation.incidents import Incident
 from schemas import contracts
 from transforms import lake
 

@@ -13,8 +13,8 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
-from pipelines.simulation.fleet import Device
-from pipelines.simulation.incidents import GRADUAL_MODES, Incident
+from simulation.fleet import Device
+from simulation.incidents import GRADUAL_MODES, Incident
 from schemas.sensors import SENSOR_TYPES, SENSORS, from_canonical
 
 ANCHOR = dt.datetime(2020, 1, 1, tzinfo=dt.timezone.utc)
