@@ -55,7 +55,7 @@ def fresh_copy(source: Path, workdir: str, name: str = "run") -> str:
 
 def measure(args) -> dict:
     from pipelines import cleanse, cli, features
-    import schemas.validation  # noqa: F401  (TensorFlow's import, once, outside the timings)
+    import transforms.validation  # noqa: F401  (TensorFlow's import, once, outside the timings)
     cli.setup_logging("WARNING")
     source = simulated_lake(args)
     best: dict[str, dict] = {}

@@ -417,7 +417,7 @@ def measure_on(lake_root: str, out: Path, with_per_element: bool) -> dict:
 
 
 def measure(args) -> dict:
-    import schemas.validation  # noqa: F401  (TensorFlow's import, once, outside the timings)
+    import transforms.validation  # noqa: F401  (TensorFlow's import, once, outside the timings)
     from pipelines import cli
     cli.setup_logging("WARNING")
     load_start = round(os.getloadavg()[0], 2)     # other work on the machine skews every figure

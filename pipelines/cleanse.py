@@ -83,7 +83,7 @@ def ensure_baseline(lake_root: str, table: str, version: int, path: Path | None,
         return
     import pyarrow as pa
     import pyarrow.parquet as pq
-    from schemas import validation
+    from transforms import validation
     parts, rows = [], 0
     for f in delta.added_files(lake_root, table, version - 1 if version else None, version):
         if rows >= max_rows:
@@ -97,7 +97,7 @@ def ensure_baseline(lake_root: str, table: str, version: int, path: Path | None,
 
 
 def build(pipeline: beam.Pipeline, plan: cl.CleansePlan, config: cl.CleanseConfig, opts: CleanseOptions) -> None:
-    from schemas.validation import load_baseline
+    from transforms.validation import load_baseline
     outputs = pipeline | "Cleanse" >> cl.Cleanse(plan, config)
     for table in plan.tables_to_write():
         path = baseline_path(plan.lake, opts.baseline_dir, table)
@@ -183,7 +183,7 @@ def run(argv: list[str] | None = None) -> dict:
         return {"rows_in": 0, "reconciles": True, "nothing_to_do": True}
     log.info("landing versions %s, %d files", {t: (a, plan.upto) for t, a in plan.after.items()},
              len(plan.landing_files))
-    import schemas.validation  # noqa: F401  (TensorFlow's import takes seconds: keep it out of the timing)
+    import transforms.validation  # noqa: F401  (TensorFlow's import takes seconds: keep it out of the timing)
     started = time.monotonic()
     pipeline = beam.Pipeline(options=options)
     build(pipeline, plan, config_of(opts), opts)

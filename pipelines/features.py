@@ -66,7 +66,7 @@ def config_of(opts: FeaturesOptions) -> ft.FeaturesConfig:
 
 def build(pipeline: beam.Pipeline, plan: ft.FeaturesPlan, config: ft.FeaturesConfig, opts: FeaturesOptions,
           layout: ft.ShardLayout | None = None) -> None:
-    from schemas.validation import load_baseline
+    from transforms.validation import load_baseline
     path = baseline_path(plan.lake, opts.baseline_dir, ft.FEATURES)
     tables, late = pipeline | "Features" >> ft.ComputeFeatures(plan, config, layout)
     tables | "Write" >> ft.WriteFeatures(plan, config.sizes, late, baseline=load_baseline(path) if path else None,
@@ -132,7 +132,7 @@ def run(argv: list[str] | None = None) -> dict:
     if plan is None:
         print("features: nothing to do (no clean versions newer than the last run)")
         return {"nothing_to_do": True, "feature_rows": 0}
-    import schemas.validation  # noqa: F401  (TensorFlow's import takes seconds: keep it out of the timing)
+    import transforms.validation  # noqa: F401  (TensorFlow's import takes seconds: keep it out of the timing)
     started = time.monotonic()
     pipeline = beam.Pipeline(options=options)
     layout = ft.shard_layout(plan, config)

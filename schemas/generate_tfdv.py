@@ -5,7 +5,7 @@ that the checked-in files equal what this produces. The files carry, beside type
 the domains of DESIGN section 4 (sensor types, units, quality levels, severities), finite
 ``value``s, and one derived feature ``value__<sensor_type>`` per sensor (the reading's value in the
 canonical unit, null for other sensors and, in the clean table, for rows flagged BAD) with that
-sensor's valid range and a Jensen-Shannon drift comparator. :mod:`schemas.validation` derives
+sensor's valid range and a Jensen-Shannon drift comparator. :mod:`transforms.validation` derives
 those columns before computing statistics.
 """
 from __future__ import annotations

@@ -13,7 +13,8 @@ from apache_beam.utils.timestamp import Timestamp
 
 from simulation import fleet as fleet_mod
 from simulation import generator, wire
-from schemas import contracts, generate_tfdv, rows, validation
+from schemas import contracts, generate_tfdv
+from transforms import rows, validation
 from tests.helpers import run_simulator
 from transforms import lake as lake_io
 

@@ -12,7 +12,7 @@ from apache_beam.testing.util import assert_that, equal_to
 from simulation import fleet as fleet_mod
 from simulation import generator
 from simulation.backfill import _to_landing
-from schemas.validation import ContractViolation
+from transforms.validation import ContractViolation
 from transforms import delta, lake as lake_io
 
 UTC = dt.timezone.utc

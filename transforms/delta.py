@@ -188,7 +188,7 @@ class _Commit(beam.DoFn):
 
     def process(self, files: list, validation_report=None):
         if validation_report is not None and validation_report.hard_breaks:
-            from schemas.validation import ContractViolation
+            from transforms.validation import ContractViolation
             raise ContractViolation(validation_report)
         version = lake.commit_files(*self._args, sorted(files, key=lambda f: f.path), **self._meta)
         self._commits.inc()
@@ -219,6 +219,6 @@ class WriteDelta(beam.PTransform):
         commit = _Commit(self._lake, self._table, self._app, self._commit_id, self._inputs)
         if not self._validate:
             return files | "Commit" >> beam.ParDo(commit)
-        from schemas.validation import ValidateContract
+        from transforms.validation import ValidateContract
         report = tables | "Validate" >> ValidateContract(self._table, self._baseline, self._sample_rate)
         return files | "Commit" >> beam.ParDo(commit, validation_report=beam.pvalue.AsSingleton(report))

@@ -529,7 +529,7 @@ class _Commit(beam.DoFn):
 
     def process(self, files: list, report, late_chunks):
         if report is not None and report.hard_breaks:
-            from schemas.validation import ContractViolation
+            from transforms.validation import ContractViolation
             raise ContractViolation(report)
         filters = replaced_partitions(self._late.get(late_chunks)) or self._plan.schema_upgrade_filters()
         version = lake.commit_files(self._plan.lake, FEATURES, sorted(files, key=lambda f: f.path), **self._meta,
@@ -551,7 +551,7 @@ class WriteFeatures(beam.PTransform):
         self._baseline, self._sample_rate = baseline, sample_rate
 
     def expand(self, tables):
-        from schemas.validation import ValidateContract
+        from transforms.validation import ValidateContract
         files = (tables
                  | "WriteFiles" >> beam.ParDo(delta._WriteFiles(self._plan.lake, FEATURES))
                  | "AllFiles" >> Gather())
