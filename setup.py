@@ -10,7 +10,7 @@ setuptools.setup(
     version="0.1.0",
     description="Beam pipelines that watch a fleet of refrigeration compressors and find failures",
     python_requires=">=3.11,<3.12",
-    packages=setuptools.find_packages(include=["pipelines*", "transforms*", "schemas*", "models*", "simulation*"]),
+    packages=setuptools.find_packages(include=["pipelines*", "transforms*", "schemas*", "models*", "simulation*", "core*"]),
     package_data={"schemas": ["tfdv/*.pbtxt"], "pipelines": ["../config/*.yaml"],
                   "pipelines.reporting": ["templates/*.html", "templates/*.css"]},
     include_package_data=True,

@@ -23,10 +23,10 @@ import time
 
 import numpy as np
 
-from transforms import acute_state
-from transforms.acute_rules import (FIRES, HIST, SEEN, SENSOR_CODES, VIB, Batch, DeviceStates, RuleConfig, evaluate,
+from core import acute_state
+from core.acute_rules import (FIRES, HIST, SEEN, SENSOR_CODES, VIB, Batch, DeviceStates, RuleConfig, evaluate,
                                     fixed_width)
-from transforms.acute_state import MemoryCells, Store
+from core.acute_state import MemoryCells, Store
 
 CONFIG = RuleConfig.load()
 TH = CONFIG.for_model("CX-200")

@@ -46,7 +46,8 @@ from bench.bench_batch import fresh_copy, simulated_lake
 from bench.machine import machine
 from schemas import contracts
 from schemas.sensors import SENSORS
-from transforms import delta, lake
+from transforms import delta
+from core import lake
 
 LANDING, CLEAN, QUARANTINE, DEVICES = "raw_sensor_readings", "clean_sensor_readings", "quarantine", "devices"
 READ_COLUMNS = ["event_id", "device_id", "sensor_type", "value", "unit", "ts", "seq", "timestamp_ingested",

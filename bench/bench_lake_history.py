@@ -61,7 +61,7 @@ def _landing_rows(tag: str) -> pa.Table:
 
 def _registry(lake_root: str) -> None:
     from schemas import contracts
-    from transforms import lake
+    from core import lake
     lake.overwrite(lake_root, "devices", pa.Table.from_pylist([dict(
         device_id="d1", site_id="s1", model="CX-200", timezone="UTC", rated_current_a=15.0,
         commissioned_at=T0, active=True)], schema=contracts.DEVICES))
@@ -70,7 +70,7 @@ def _registry(lake_root: str) -> None:
 class Bench:
     def __init__(self, lake_root: str):
         from transforms import cleansing as cl
-        from transforms import lake
+        from core import lake
         self.lake, self.cl, self.io = lake_root, cl, lake
         self.n = 0
 

@@ -83,7 +83,7 @@ def main(argv=None) -> int:
         # the real entry point on a scratch lake: read the features Delta table, blocks, normalise,
         # RunInference x 3, ensemble, TFDV contract check and one Delta commit per table
         from pipelines import score
-        from transforms import lake as lake_io
+        from core import lake as lake_io
         scratch = tempfile.mkdtemp(prefix="bench-lake-")
         lake_io.append(scratch, "features", features)
         t0 = time.monotonic()

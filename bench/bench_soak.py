@@ -124,7 +124,7 @@ def run(args) -> dict:
 
 
 def summarise(args, samples: list[dict], produced: list[dict], expected: int, lake: str) -> dict:
-    from transforms import lake as lake_io
+    from core import lake as lake_io
     warm = [s for s in samples if s["t_s"] >= args.warmup_minutes * 60]
     workers = sorted({p for s in warm for p in s["workers_mb"]})
     dead = lake_io.read(lake, "deadletter", columns=["reason"]).num_rows

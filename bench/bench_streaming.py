@@ -5,7 +5,7 @@ On the local Flink (scripts/services.sh; started here when not running, stopped 
 each fleet size of --fleet_sizes and each --parallelism, one streaming job on a fresh topic and lake,
 its Python running in the SDK worker pool (EXTERNAL, one SDK worker per slot), as in run_local:
   0. warm     the lake gets --warm_hours of 15-minute vibration features per device, so the job's
-              acute rules start with 24 h baselines (transforms.acute_warm) instead of empty state
+              acute rules start with 24 h baselines (core.acute_warm) instead of empty state
   1. prefill  --prefill_readings readings of the whole fleet (gateway batches, --single_fraction
               single readings), produced to the topic BEFORE the job starts, so the producer is
               not the bottleneck; the job then drains the backlog: readings landed per second
@@ -97,7 +97,7 @@ def services(action: str) -> None:
 def create_topic(bootstrap: str, topic: str, partitions: int = PARTITIONS) -> None:
     from confluent_kafka import KafkaError
     from confluent_kafka.admin import AdminClient, NewTopic
-    from transforms.retry import kafka_error, retry
+    from core.retry import kafka_error, retry
     admin = AdminClient({"bootstrap.servers": bootstrap})
     new = NewTopic(topic, partitions, 1, config={"message.timestamp.type": "LogAppendTime"})
     attempts = []
@@ -122,7 +122,7 @@ class Offsets:
         self._partitions = [TopicPartition(topic, p) for p in range(PARTITIONS)]
 
     def lag(self) -> int:
-        from transforms.retry import retry
+        from core.retry import retry
 
         def once() -> int:
             ends = sum(self._consumer.get_watermark_offsets(tp, timeout=10)[1] for tp in self._partitions)
@@ -148,7 +148,7 @@ def pids(pattern: str) -> list[int]:
 
 
 def landed_rows(lake: str) -> int:
-    from transforms import lake as lake_io
+    from core import lake as lake_io
     table = lake_io.open_table(lake, "raw_sensor_readings")
     if table is None:
         return 0
@@ -217,7 +217,7 @@ def produce(args, devices: int, lake: str, topic: str, phase: str, start: dt.dat
 
 def write_registry(lake: str, devices: int, seed: int = SEED) -> list:
     from simulation.fleet import make_fleet, registry_table
-    from transforms import lake as lake_io
+    from core import lake as lake_io
     fleet = make_fleet(devices, seed)
     lake_io.overwrite(lake, "devices", registry_table(fleet))
     return fleet
@@ -225,10 +225,10 @@ def write_registry(lake: str, devices: int, seed: int = SEED) -> list:
 
 def write_warm_features(lake: str, fleet: list, end: dt.datetime, hours: float) -> int:
     """`hours` of 15-minute vibration feature windows per device ending at `end` (mean 2 mm/s): the
-    baselines the job's acute rules rebuild at start (transforms.acute_warm)."""
+    baselines the job's acute rules rebuild at start (core.acute_warm)."""
     import numpy as np
     import pyarrow as pa
-    from transforms import lake as lake_io
+    from core import lake as lake_io
     windows = int(hours * 4)
     if not windows:
         return 0
@@ -356,7 +356,7 @@ def capacity(samples: list[dict]) -> dict:
 def alert_latency(lake: str, since: dt.datetime | None = None, until: dt.datetime | None = None) -> dict:
     import polars as pl
     from pipelines.reporting.checks import KEY, acute_latency
-    from transforms import lake as lake_io
+    from core import lake as lake_io
     alerts = pl.from_arrow(lake_io.read(lake, "alerts", columns=KEY + ["severity", "event_time", "detected_at", "rule"]))
     landing = pl.from_arrow(lake_io.read(lake, "raw_sensor_readings", columns=KEY + ["timestamp_ingested"]))
     arrived = landing.group_by(KEY).agg(pl.col("timestamp_ingested").min())

@@ -54,11 +54,12 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from pipelines import cli
 from pipelines.options import HotWindowOptions, LakeOptions
 from schemas import contracts
-from transforms import lake
+from core import lake
 from transforms.decode import DEVICE_ID
 from transforms.delta import DeltaFile, snapshot_files, with_partition_columns
-from transforms.arrow import Gather, to_numpy
-from transforms.timestamps import parse_ts
+from transforms.arrow import Gather
+from core.arrays import to_numpy
+from core.timestamps import parse_ts
 
 log = logging.getLogger("archive")
 

@@ -31,7 +31,8 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from pipelines import cli
 from pipelines.options import IncrementalJobOptions
 from transforms import cleansing as cl
-from transforms import delta, lake
+from transforms import delta
+from core import lake
 
 log = logging.getLogger("cleanse")
 

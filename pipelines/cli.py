@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import logging
 import os
 import warnings
+
+from core.timestamps import utc_datetime  # noqa: F401  (the argparse type of the entry points' dates)
 
 
 def setup_logging(level: str = "INFO") -> None:
@@ -28,12 +29,6 @@ def entry_point(run, ok=lambda summary: True):
         setup_logging()
         return 0 if ok(run(argv)) else 1
     return main
-
-
-def utc_datetime(text: str) -> dt.datetime:
-    """argparse type: ISO date or datetime, naive values are UTC."""
-    value = dt.datetime.fromisoformat(text)
-    return value if value.tzinfo else value.replace(tzinfo=dt.timezone.utc)
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):

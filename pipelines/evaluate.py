@@ -46,7 +46,7 @@ from models.ensemble import ENSEMBLE, MODELS  # noqa: F401  (MODELS: the default
 from pipelines import cli
 from pipelines.options import LakeOptions, WindowSizeOptions
 from simulation.incidents import ACUTE_MODES, GRADUAL_MODES
-from transforms import lake
+from core import lake
 
 log = logging.getLogger("evaluate")
 ROW_FAULTS = ("stuck_value", "dropout", "duplicates", "replay", "out_of_range")

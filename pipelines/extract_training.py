@@ -13,7 +13,7 @@ for windows with ``--start <= window_start < --end`` of one ``--window_size``.
 
 Per-device spans (``--spans FILE``, instead of ``--start/--end``): time spans per device or per
 device model, e.g. known-good periods or the first hours after commissioning (format:
-pipelines/training_spans.py). Each device's rows are kept inside its own spans only; ``--devices``
+core/training_spans.py). Each device's rows are kept inside its own spans only; ``--devices``
 still filters. The spec, and so the manifest and the dataset id, records the resolved per-device
 spans, the spans file's sha256 and the registry version that resolved models.
 
@@ -51,10 +51,11 @@ import pyarrow.parquet as pq
 from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipelines import archive, cli, training_spans
+from pipelines import archive, cli
+from core import training_spans
 from pipelines.options import MODEL_WINDOW, LakeOptions, SpanOptions, WindowSizeOptions
 from schemas import contracts
-from transforms import lake
+from core import lake
 from transforms.arrow import DEFAULT_BOUND, ChunkBound, ElementSizes, Gather, keyed_chunks
 from transforms.delta import DeltaFile, snapshot_files, with_partition_columns
 
@@ -425,7 +426,7 @@ class ExtractOptions(LakeOptions, SpanOptions, WindowSizeOptions, PipelineOption
         g.add_argument("--devices", default="", help="comma-separated device ids (default: all)")
         g.add_argument("--spans", default=None,
                        help="CSV/JSON of per-device or per-model time spans (device_id|model, start, end), "
-                            "instead of --start/--end; see pipelines/training_spans.py")
+                            "instead of --start/--end; see core/training_spans.py")
         g.add_argument("--sensors", default="", help="comma-separated sensor types (default: all)")
         g.add_argument("--shards_per_day", type=int, default=ExtractSpec.shards_per_day,
                        help="output files per day (by device hash)")

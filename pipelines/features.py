@@ -34,7 +34,7 @@ from pipelines import cli
 from pipelines.options import IncrementalJobOptions
 from pipelines.cleanse import baseline_path, ensure_baseline, rows_in_version
 from transforms import features as ft
-from transforms import lake
+from core import lake
 
 log = logging.getLogger("features")
 

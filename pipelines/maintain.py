@@ -26,7 +26,7 @@ import time
 
 from pipelines import cli
 from pipelines.options import HotWindowOptions, LakeOptions, declare
-from transforms import maintenance
+from core import maintenance
 
 HOUR, DAY = dt.timedelta(hours=1), dt.timedelta(days=1)
 

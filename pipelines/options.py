@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from transforms import lake
+from core import lake
 
 DEFAULT_MODELS = "./data/models"
 MODEL_WINDOW = "1h"                    # the feature window the models are trained on and score

@@ -41,7 +41,7 @@ from pipelines.reporting import figures, inputs, render
 from pipelines.reporting.checks import failed
 from pipelines.reporting.inputs import ReportData
 from pipelines.options import LakeOptions, declare
-from transforms import lake
+from core import lake
 
 log = logging.getLogger("report")
 

@@ -88,7 +88,7 @@ class Stages:
 
 def flink_jobs(rest: str, deadline_s: float = 120) -> list[dict]:
     """The cluster's jobs; a busy or restarting JobManager (5xx, refused, timeout) is retried."""
-    from transforms.retry import http_retriable, retry
+    from core.retry import http_retriable, retry
 
     def once() -> list[dict]:
         with urllib.request.urlopen(f"http://{rest}/jobs/overview", timeout=10) as r:
@@ -98,7 +98,7 @@ def flink_jobs(rest: str, deadline_s: float = 120) -> list[dict]:
 
 def landed_counts(lake: str) -> tuple[int, int]:
     """Rows the streaming job landed (landing rows with Kafka coordinates) and dead letters."""
-    from transforms import lake as lake_io
+    from core import lake as lake_io
     landing = lake_io.read(lake, "raw_sensor_readings", columns=["kafka_topic"])
     dead = lake_io.open_table(lake, "deadletter")
     return landing.num_rows - landing["kafka_topic"].null_count, (len(dead.to_pyarrow_table(columns=["reason"]))
@@ -109,7 +109,7 @@ def start_group_at_end(bootstrap: str, topic: str, group: str) -> None:
     """Positions a new consumer group at the end of the topic: this run reads only what it produces,
     not the readings earlier runs left in the topic."""
     from confluent_kafka import Consumer, KafkaException, TopicPartition
-    from transforms.retry import kafka_new_topic_retriable, partitions_ok, retry
+    from core.retry import kafka_new_topic_retriable, partitions_ok, retry
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False})
 
     def partitions() -> list[int]:
@@ -168,7 +168,7 @@ class StreamingJob:
         raise SystemExit(f"the streaming job did not start within {timeout_s} s; see {self.log}")
 
     def stop(self) -> None:
-        from transforms.retry import http_retriable, retry
+        from core.retry import http_retriable, retry
         url = f"http://{self.args.flink_rest}/jobs/{self.jid}?mode=cancel"
         # cancelling twice is harmless: a retry after a lost response only repeats the request
         try:

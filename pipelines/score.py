@@ -53,7 +53,8 @@ from models import base as catalog
 from models import ensemble, registry
 from pipelines import cli
 from pipelines.options import LakeOptions, ModelsOptions, WindowSizeOptions
-from transforms import delta, lake
+from transforms import delta
+from core import lake
 from transforms.arrow import ReadParquetChunks, SideTable
 from transforms.scoring import APP, ModelRef, ScoreWindows, ensemble_version
 

@@ -36,7 +36,7 @@ from simulation.incidents import (ACUTE_MODES, DATA_FAULTS, GRADUAL_MODES, WIRE_
                                             plan_incidents, unknown_devices)
 from simulation.stream import StreamConfig, stream
 from schemas.sensors import SENSOR_TYPES
-from transforms import lake
+from core import lake
 
 log = logging.getLogger("simulate")
 UTC = dt.timezone.utc

@@ -144,7 +144,7 @@ TOPIC_CHECK_DEADLINE_S = 60.0
 def missing_topics(admin, topics, wait_s: float = 5.0, deadline_s: float = TOPIC_CHECK_DEADLINE_S) -> list[str]:
     """Topics the broker does not list; waits a little, as a just-created topic can take a moment to
     appear in the metadata. Transient metadata errors are retried up to `deadline_s`."""
-    from transforms.retry import retry
+    from core.retry import retry
     deadline = time.monotonic() + wait_s
     while True:
         listed = retry(lambda: admin.list_topics(timeout=15).topics, what="list the Kafka topics",
@@ -158,7 +158,7 @@ def missing_topics(admin, topics, wait_s: float = 5.0, deadline_s: float = TOPIC
 def timestamp_type(admin, topic: str, deadline_s: float = TOPIC_CHECK_DEADLINE_S) -> str:
     """The topic's message.timestamp.type; the topic is listed, so "unknown topic" is transient here."""
     from confluent_kafka.admin import ConfigResource
-    from transforms.retry import kafka_new_topic_retriable, retry
+    from core.retry import kafka_new_topic_retriable, retry
     resource = ConfigResource("topic", topic)
 
     def once() -> str:    # a future answers once: every attempt asks again

@@ -144,7 +144,7 @@ SCORES = pa.schema([
 
 ALERT_SEVERITIES = ("CRITICAL", "HIGH", "WARNING")
 # the acute rules are registered once, as classes of the engine (no import cycle: it imports no schema)
-from transforms.acute_rules import RULE_NAMES as ACUTE_RULES  # noqa: E402
+from core.acute_rules import RULE_NAMES as ACUTE_RULES  # noqa: E402
 
 ALERTS = pa.schema([
     _req("alert_id", pa.string()),

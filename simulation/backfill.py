@@ -16,7 +16,7 @@ from simulation import generator, rows
 from simulation.fleet import Device
 from simulation.incidents import Incident
 from schemas import contracts
-from transforms import lake
+from core import lake
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ from confluent_kafka import Producer
 from simulation import generator, rows, wire
 from simulation.fleet import Device
 from simulation.incidents import WIRE_FAULTS, Incident
-from transforms import retry
+from core import retry
 
 log = logging.getLogger(__name__)
 # A full local queue waits (poll) and retries. Delivery errors are not produced again: the idempotent

@@ -1,5 +1,5 @@
 """Reference: the per-device acute-rule engine this project ran before the columnar one
-(transforms/acute_rules.py), kept to check the new engine against (tests/test_acute_equivalence.py).
+(core/acute_rules.py), kept to check the new engine against (tests/test_acute_equivalence.py).
 
 It is the old `evaluate_device` unchanged except for three parameters taken from the new engine's
 thresholds, so that both keep the same bounded state: vibration buckets of `vibration_bucket_us`
@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from transforms.acute_rules import NEVER, RULE_NAMES as RULES, RULE_SENSOR, US, MINUTE_US, Thresholds, alert_id
+from core.acute_rules import NEVER, RULE_NAMES as RULES, RULE_SENSOR, US, MINUTE_US, Thresholds, alert_id
 
 # --- state ---------------------------------------------------------------------------------
 

@@ -13,7 +13,7 @@ from simulation import fleet as fleet_mod
 from simulation import generator, rows, wire
 from simulation.incidents import ACUTE_MODES, WIRE_FAULTS, Incident
 from simulation.stream import StreamConfig, messages_for
-from transforms import lake as lake_io
+from core import lake as lake_io
 from transforms.decode import KafkaMessage
 
 UTC = dt.timezone.utc

@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests import reference_acute as ref
-from transforms.acute_rules import Batch, DeviceStates, RuleConfig, evaluate
+from core.acute_rules import Batch, DeviceStates, RuleConfig, evaluate
 
 CONFIG = RuleConfig.load()
 T0 = int(dt.datetime(2026, 11, 20, tzinfo=dt.timezone.utc).timestamp() * 1_000_000)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import yaml
 
-from transforms.acute_rules import DEFAULT_CONFIG, Batch, DeviceStates, RuleConfig, alert_id, evaluate
+from core.acute_rules import DEFAULT_CONFIG, Batch, DeviceStates, RuleConfig, alert_id, evaluate
 
 T0 = int(dt.datetime(2026, 11, 20, tzinfo=dt.timezone.utc).timestamp() * 1_000_000)
 S = 1_000_000

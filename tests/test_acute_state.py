@@ -8,9 +8,9 @@ import datetime as dt
 import numpy as np
 import pytest
 
-from transforms import acute_state
-from transforms.acute_rules import MINUTE_US, Batch, DeviceStates, RuleConfig, evaluate
-from transforms.acute_state import MemoryCells, StateVersionError, Store, decode, encode
+from core import acute_state
+from core.acute_rules import MINUTE_US, Batch, DeviceStates, RuleConfig, evaluate
+from core.acute_state import MemoryCells, StateVersionError, Store, decode, encode
 
 CONFIG = RuleConfig.load()
 T0 = int(dt.datetime(2026, 11, 20, tzinfo=dt.timezone.utc).timestamp() * 1_000_000)

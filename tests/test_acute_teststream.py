@@ -14,7 +14,7 @@ from apache_beam.testing.util import assert_that, equal_to
 from apache_beam.utils.timestamp import Timestamp
 
 from schemas import contracts
-from transforms import lake as lake_io
+from core import lake as lake_io
 from transforms.acute import AcuteRules
 from transforms.decode import KafkaMessage, decode_messages
 

@@ -1,4 +1,4 @@
-"""Warm start of the acute rules from the lake (transforms.acute_warm): after a start without a
+"""Warm start of the acute rules from the lake (core.acute_warm): after a start without a
 savepoint, VIBRATION_SURGE fires at once on a device whose 24 h baseline is in the lake."""
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from transforms import lake
-from transforms.acute_rules import Batch, DeviceStates, RuleConfig, evaluate, fixed_width
-from transforms.acute_warm import WarmStart, load
+from core import lake
+from core.acute_rules import Batch, DeviceStates, RuleConfig, evaluate, fixed_width
+from core.acute_warm import WarmStart, load
 
 NOW = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
 US = 1_000_000

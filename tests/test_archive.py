@@ -9,7 +9,7 @@ import pytest
 
 from pipelines import archive
 from tests.helpers import run_simulator
-from transforms import lake as lake_io
+from core import lake as lake_io
 from transforms.delta import snapshot_files
 
 NOW = "2026-10-05T06:00:00"

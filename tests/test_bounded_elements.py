@@ -25,7 +25,7 @@ from tests.helpers import run_simulator
 from transforms import arrow
 from transforms import cleansing as cl
 from transforms import features as ft
-from transforms import lake as lake_io
+from core import lake as lake_io
 
 TINY = arrow.ChunkBound(rows=100, nbytes=4096)
 

@@ -15,7 +15,7 @@ from pipelines import cleanse
 from schemas import contracts
 from tests.helpers import ground_truth, run_simulator
 from transforms import cleansing as cl
-from transforms import lake as lake_io
+from core import lake as lake_io
 
 UTC = dt.timezone.utc
 T0 = dt.datetime(2026, 3, 28, 12, 0, tzinfo=UTC)

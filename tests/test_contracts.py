@@ -16,7 +16,7 @@ from simulation import generator, wire
 from schemas import contracts, generate_tfdv
 from transforms import rows, validation
 from tests.helpers import run_simulator
-from transforms import lake as lake_io
+from core import lake as lake_io
 
 
 @pytest.fixture(scope="module")

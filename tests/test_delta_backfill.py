@@ -8,7 +8,7 @@ import pyarrow.compute as pc
 from simulation import fleet as fleet_mod
 from simulation import generator
 from tests.helpers import run_simulator
-from transforms import lake as lake_io
+from core import lake as lake_io
 
 UTC = dt.timezone.utc
 

@@ -13,7 +13,8 @@ from simulation import fleet as fleet_mod
 from simulation import generator
 from simulation.backfill import _to_landing
 from transforms.validation import ContractViolation
-from transforms import delta, lake as lake_io
+from transforms import delta
+from core import lake as lake_io
 
 UTC = dt.timezone.utc
 

@@ -13,7 +13,7 @@ import pyarrow.compute as pc
 
 from pipelines import archive, extract_training as et
 from tests.helpers import run_simulator
-from transforms import lake as lake_io
+from core import lake as lake_io
 
 UTC = dt.timezone.utc
 

@@ -12,7 +12,7 @@ import pytest
 from pipelines import features
 from schemas import contracts
 from transforms import features as ft
-from transforms import lake as lake_io
+from core import lake as lake_io
 
 UTC = dt.timezone.utc
 T0 = dt.datetime(2026, 3, 28, 12, 0, tzinfo=UTC)

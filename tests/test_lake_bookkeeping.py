@@ -17,7 +17,7 @@ from deltalake.exceptions import CommitFailedError
 from schemas import contracts
 from transforms import cleansing as cl
 from transforms import delta
-from transforms import lake as lake_io
+from core import lake as lake_io
 
 UTC = dt.timezone.utc
 T0 = dt.datetime(2026, 11, 20, 12, tzinfo=UTC)

@@ -7,7 +7,7 @@ import pyarrow as pa
 from apache_beam.transforms.window import IntervalWindow
 
 from transforms import landing
-from transforms import lake as lake_io
+from core import lake as lake_io
 from transforms.decode import KafkaMessage, decode_messages
 
 T0_MS = 1_795_700_000_000

@@ -10,7 +10,7 @@ import pytest
 
 from pipelines import cleanse, extract_training as et, features, maintain
 from tests.helpers import run_simulator
-from transforms import lake as lake_io
+from core import lake as lake_io
 
 LANDING = "raw_sensor_readings"
 SPAN = ["--start", "2026-10-01T00:00:00+00:00", "--end", "2026-10-06T00:00:00+00:00"]

@@ -17,7 +17,7 @@ from models.base import AnomalyModel, register
 from models.features import MODEL_FEATURES, QUANTISATION_SIGMA, DeviceBaseline, matrix, resolution_floors
 from pipelines import train
 from schemas.sensors import SENSORS
-from transforms import lake as lake_io
+from core import lake as lake_io
 
 UTC = dt.timezone.utc
 START = dt.datetime(2026, 10, 1, tzinfo=UTC)

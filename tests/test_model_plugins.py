@@ -16,7 +16,7 @@ from models import ensemble, registry
 from simulation import synthetic
 from pipelines import evaluate, score, train
 from tests import toy_model
-from transforms import lake as lake_io
+from core import lake as lake_io
 
 UTC = dt.timezone.utc
 START = dt.datetime(2026, 10, 1, tzinfo=UTC)

@@ -32,7 +32,7 @@ from simulation import stream as sim_stream
 from schemas import contracts
 from tests.helpers import run_simulator
 from transforms import cleansing as cl
-from transforms import lake as lake_io
+from core import lake as lake_io
 from transforms.decode import KafkaMessage, decode_messages
 
 UTC = dt.timezone.utc

@@ -1,4 +1,4 @@
-"""transforms.retry and the calls that use it: transient Kafka/HTTP errors are retried with backoff
+"""core.retry and the calls that use it: transient Kafka/HTTP errors are retried with backoff
 until a deadline, then fail with a readable message; anything else fails at once. No services: fake
 clients, an injected clock and sleep (the tests take milliseconds)."""
 from __future__ import annotations
@@ -14,8 +14,8 @@ import confluent_kafka
 import pytest
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
-from transforms import retry as r
-from transforms.offsets import OffsetSet
+from core import retry as r
+from core.offsets import OffsetSet
 
 
 def kafka_exc(code: int, **kw) -> KafkaException:
@@ -59,7 +59,7 @@ def fake_time(monkeypatch):
 
 def test_coordinator_loading_is_retried_until_the_call_succeeds(fake_time, caplog):
     call = Flaky([kafka_exc(KafkaError.COORDINATOR_LOAD_IN_PROGRESS)] * 3, value=[1, 2])
-    with caplog.at_level(logging.WARNING, logger="transforms.retry"):
+    with caplog.at_level(logging.WARNING, logger="core.retry"):
         assert r.retry(call, what="commit offsets", deadline_s=60, initial_s=0.1, rng=lambda: 0.0) == [1, 2]
     assert call.calls == 4
     assert fake_time.sleeps == pytest.approx([0.05, 0.1, 0.2])    # exponential, jitter at its minimum

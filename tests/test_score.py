@@ -15,7 +15,7 @@ from simulation import synthetic
 from models.handlers import SKLEARN_FILE
 from pipelines import score as score_pipeline
 from pipelines.train import TrainParams, train
-from transforms import lake as lake_io
+from core import lake as lake_io
 
 UTC = dt.timezone.utc
 START = dt.datetime(2026, 10, 1, tzinfo=UTC)

@@ -15,7 +15,7 @@ from simulation import fleet as fleet_mod
 from simulation import generator, wire
 from simulation.incidents import ACUTE_MODES, GRADUAL_MODES, WIRE_FAULTS
 from tests.helpers import canonical_values, event_time_ms, ground_truth, rows_of, run_simulator
-from transforms import lake as lake_io
+from core import lake as lake_io
 
 UTC = dt.timezone.utc
 END = "2026-11-20T00:00:00"

@@ -14,7 +14,7 @@ from apache_beam.utils.timestamp import Timestamp
 
 from pipelines.streaming import FleetStreaming
 from tests import stream_fixture
-from transforms import lake as lake_io
+from core import lake as lake_io
 
 
 def _run(lake: str, fx, interval_s: float = 300.0):

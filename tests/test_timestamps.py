@@ -6,7 +6,7 @@ import datetime as dt
 import pyarrow as pa
 import pytest
 
-from transforms.timestamps import parse_ts
+from core.timestamps import parse_ts
 
 UTC = dt.timezone.utc
 

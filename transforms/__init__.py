@@ -1,1 +1,1 @@
-"""Reusable Beam PTransforms and the lake I/O they build on."""
+"""Reusable Beam PTransforms (and the TFDV validation); the pure logic they build on is in core/."""

@@ -8,13 +8,13 @@ thresholds and no rated current (so CURRENT_SPIKE skips them); they are counted.
 re-read within its TTL, so a registry that appears later is picked up without a restart.
 
 Evaluation is keyed by a hash shard of the device: one element per (shard, batch), so the per-element
-cost of Beam is paid per batch, not per device. The engine (transforms.acute_rules, no Beam) works on
+cost of Beam is paid per batch, not per device. The engine (core.acute_rules, no Beam) works on
 all devices of the batch at once; their state lives in a log-structured store over three state cells
-of the shard key (transforms.acute_state): a batch reads and appends only the devices it touched, in a
+of the shard key (core.acute_state): a batch reads and appends only the devices it touched, in a
 versioned binary page format. An event-time timer per shard compacts the store and evicts devices
 silent past their horizon (24 h window + lateness by default). A device the store does not hold (a
 job started without a savepoint) gets its vibration baseline rebuilt from the lake
-(transforms.acute_warm), loaded once per worker process.
+(core.acute_warm), loaded once per worker process.
 """
 from __future__ import annotations
 
@@ -35,12 +35,12 @@ from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils.shared import Shared
 from apache_beam.utils.timestamp import Timestamp
 
-from schemas.sensors import SENSORS
-from transforms import acute_state, acute_warm
-from transforms.arrow import to_numpy
-from transforms.acute_rules import RULE_NAMES, Batch, DeviceStates, RuleConfig, evaluate
-from transforms.registry import RegistryCache
-from transforms.timestamps import parse_ts
+from core import acute_state, acute_warm
+from core.arrays import to_numpy
+from core.readings import canonical_values, in_range
+from core.acute_rules import RULE_NAMES, Batch, DeviceStates, RuleConfig, evaluate
+from core.registry import RegistryCache
+from core.timestamps import parse_ts
 
 log = logging.getLogger(__name__)
 DEFAULT_SHARDS = 16
@@ -50,29 +50,6 @@ EVICTION_PERIOD_S = 3600.0
 
 def shard_of(device_ids: list[str], shards: int) -> np.ndarray:
     return np.fromiter((zlib.crc32(d.encode()) % shards for d in device_ids), np.int64, len(device_ids))
-
-
-def canonical_values(sensor: pa.Array, unit: pa.Array, value: pa.Array) -> np.ndarray:
-    """Values converted to their sensor's canonical unit (decode guarantees the unit is known)."""
-    sensor_np = np.asarray(to_numpy(sensor), dtype=object)
-    unit_np = np.asarray(to_numpy(unit), dtype=object)
-    out = np.asarray(to_numpy(value), dtype=np.float64).copy()
-    for name, spec in SENSORS.items():
-        is_sensor = sensor_np == name
-        for u, (scale, offset) in spec.conversions.items():
-            if (scale, offset) != (1.0, 0.0):
-                m = is_sensor & (unit_np == u)
-                out[m] = out[m] * scale + offset
-    return out
-
-
-def in_range(sensor: pa.Array, value: np.ndarray) -> np.ndarray:
-    sensor_np = np.asarray(to_numpy(sensor), dtype=object)
-    ok = np.zeros(len(value), bool)
-    for name, spec in SENSORS.items():
-        m = sensor_np == name
-        ok[m] = (value[m] >= spec.valid_min) & (value[m] <= spec.valid_max)
-    return ok
 
 
 def _shards(device: pa.ChunkedArray | pa.Array, shards: int) -> np.ndarray:

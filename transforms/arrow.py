@@ -36,13 +36,6 @@ DEFAULT_CHUNK_ROWS = 100_000
 DEFAULT_CHUNK_BYTES = 2 << 20           # ~2 MB: a third of Flink's sort-buffer record limit here
 
 
-def to_numpy(column: pa.Array | pa.ChunkedArray) -> np.ndarray:
-    """A column as numpy (strings and nullable columns become object arrays)."""
-    if isinstance(column, pa.ChunkedArray):
-        column = column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
-    return column.to_numpy(zero_copy_only=False)
-
-
 @dataclass(frozen=True)
 class ChunkBound:
     """Most rows and bytes (Arrow ``nbytes``) of one table element."""

@@ -35,7 +35,7 @@ Vectorised logic (polars/pyarrow over whole Arrow tables) plus the composite PTr
   earlier are not re-flagged (the table is append-only), only the new rows of a run are.
   Late arrival is not a quality problem: replays are correct readings (features recompute the
   windows they touch).
-* Time: :func:`transforms.timestamps.parse_ts` with the registry timezone (DST gap: offset before
+* Time: :func:`core.timestamps.parse_ts` with the registry timezone (DST gap: offset before
   the gap; fold: the earlier instant). ``date`` is the UTC date of ``timestamp_utc``.
 * Incremental reads: the caller plans which landing versions each output table still needs; a
   row goes to an output only if its landing version is newer than what that table consumed, so a
@@ -68,10 +68,12 @@ from apache_beam.metrics import Metrics
 
 from schemas import contracts
 from schemas.sensors import SENSORS
-from transforms import delta, lake
+from transforms import delta
+from core import lake
 from transforms.arrow import DEFAULT_BOUND, ChunkBound, ChunkTables, ElementSizes, ReadParquetChunks, SideTable
-from transforms.arrow import chunks, to_numpy
-from transforms.timestamps import parse_ts
+from transforms.arrow import chunks
+from core.arrays import to_numpy
+from core.timestamps import parse_ts
 
 log = logging.getLogger(__name__)
 

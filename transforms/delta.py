@@ -26,7 +26,7 @@ from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils.windowed_value import WindowedValue
 
 from schemas.contracts import TABLES
-from transforms import lake
+from core import lake
 from transforms.arrow import DEFAULT_BOUND, ChunkBound, Gather, ReadParquetChunks
 
 log = logging.getLogger(__name__)

@@ -51,7 +51,6 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import math
-import re
 from dataclasses import dataclass, field
 
 import apache_beam as beam
@@ -63,8 +62,11 @@ from apache_beam.metrics import Metrics
 
 from schemas import contracts
 from schemas.sensors import SENSOR_TYPES
-from transforms import delta, lake
-from transforms.arrow import DEFAULT_BOUND, ChunkBound, ChunkTables, ElementSizes, Gather, ReadParquetChunks, to_numpy
+from transforms import delta
+from core import lake
+from transforms.arrow import DEFAULT_BOUND, ChunkBound, ChunkTables, ElementSizes, Gather, ReadParquetChunks
+from core.arrays import to_numpy
+from core.windows import WindowSize, parse_window_sizes
 from transforms.arrow import SideTable, chunks
 from transforms.cleansing import BAD, CLEAN, GOOD, SUSPECT, files_overlapping, shard_of
 
@@ -83,35 +85,6 @@ LATE_SCHEMA = pa.schema([("device_id", pa.string()), ("window_size", pa.string()
 # R134a saturation pressure (kPa) ~ exp(A - B / T[K]); fitted at 0 and 40 C, within 2 % from -26 to 60 C
 SAT_A, SAT_B = 15.421, 2661.0
 EXPECTED_SLACK = 0.05      # of one sampling interval
-
-
-@dataclass(frozen=True, order=True)
-class WindowSize:
-    seconds: int
-
-    @property
-    def us(self) -> int:
-        return self.seconds * US
-
-    @property
-    def label(self) -> str:
-        for unit, n in (("d", 86400), ("h", 3600), ("m", 60)):
-            if self.seconds % n == 0:
-                return f"{self.seconds // n}{unit}"
-        return f"{self.seconds}s"
-
-
-def parse_window_sizes(text: str) -> tuple[WindowSize, ...]:
-    """"15m,1h,1d" -> window sizes (s, m, h, d units)."""
-    sizes = []
-    for part in (p.strip() for p in text.split(",") if p.strip()):
-        m = re.fullmatch(r"(\d+)([smhd])", part)
-        if not m or int(m.group(1)) == 0:
-            raise ValueError(f"window size {part!r}: expected a positive number and s, m, h or d, e.g. 15m")
-        sizes.append(WindowSize(int(m.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]))
-    if not sizes:
-        raise ValueError("no window sizes given")
-    return tuple(sorted(set(sizes)))
 
 
 @dataclass(frozen=True)

@@ -26,10 +26,10 @@ import pyarrow.parquet as pq
 from apache_beam.metrics import Metrics
 from apache_beam.transforms import window
 
-from transforms import lake
-from transforms.arrow import to_numpy
+from core import lake
+from core.arrays import to_numpy
 from transforms.decode import Decoded
-from transforms.offsets import OffsetSet
+from core.offsets import OffsetSet
 
 log = logging.getLogger(__name__)
 APP = "streaming"
@@ -186,7 +186,7 @@ class _CommitFn(beam.DoFn):
         # transient errors (coordinator loading or moved, a leader election) are retried for a while;
         # past the deadline the caller logs and the next interval tries again
         from confluent_kafka import TopicPartition
-        from transforms.retry import partitions_ok, retry
+        from core.retry import partitions_ok, retry
         wanted = [TopicPartition(t, p) for t, p in self._done.partitions()]
         positions = retry(lambda: partitions_ok(self._consumer.committed(wanted, timeout=10)),
                           what="read the consumer group's committed offsets", deadline_s=deadline_s)
@@ -351,7 +351,7 @@ class _PublishAlertsFn(beam.DoFn):
         self._again: list[tuple[bytes, bytes]] = []    # (key, body) of retriable delivery failures
 
     def _on_delivery(self, err, msg):
-        from transforms.retry import describe, kafka_retriable
+        from core.retry import describe, kafka_retriable
         if err is None:
             self.published.inc()
         elif kafka_retriable(err):
@@ -361,7 +361,7 @@ class _PublishAlertsFn(beam.DoFn):
             log.error("alert not published to %s: %s", self._topic, describe(err))
 
     def _produce(self, key: bytes, body: bytes) -> None:
-        from transforms import retry
+        from core import retry
         retry.produce(self._producer, self._topic, body, key=key, on_delivery=self._on_delivery,
                       what=f"queue an alert for {self._topic} (local queue full)", deadline_s=self._deadline_s)
 
@@ -377,11 +377,11 @@ class _PublishAlertsFn(beam.DoFn):
         self.republished.inc(len(again))
         left = self._producer.flush(10)     # delivery callbacks run here and may refill _again
         if left or self._again:
-            from transforms.retry import Undelivered
+            from core.retry import Undelivered
             raise Undelivered(left + len(self._again))
 
     def finish_bundle(self):
-        from transforms.retry import retry
+        from core.retry import retry
         retry(self._deliver, what=f"deliver the bundle's alerts to {self._topic}", deadline_s=self._deadline_s,
               initial_s=0.5)
 

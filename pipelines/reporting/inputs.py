@@ -19,7 +19,7 @@ from pipelines.reporting.checks import (KEY, Check, IncidentMatch, LakeVersions,
 from pipelines.reporting.traces import (Trace, alert_spans, alerts_near, follow_up, pick_trace_incidents,
                                         trace_sensors, trace_window)
 from schemas import contracts
-from transforms import lake
+from core import lake
 
 LANDING, CLEAN, QUARANTINE = "raw_sensor_readings", "clean_sensor_readings", "quarantine"
 

@@ -18,7 +18,7 @@ import pytest
 from pipelines import cleanse, features
 from tests.conftest import FLINK_REST, PROJECT_ROOT, require_service
 from tests.helpers import run_simulator
-from transforms import lake as lake_io
+from core import lake as lake_io
 
 pytestmark = [pytest.mark.integration, pytest.mark.flink]
 

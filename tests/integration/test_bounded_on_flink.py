@@ -41,7 +41,7 @@ from transforms import arrow
 from transforms import cleansing as cl
 from transforms import delta
 from transforms import features as ft
-from transforms import lake as lake_io
+from core import lake as lake_io
 
 pytestmark = [pytest.mark.integration, pytest.mark.flink]
 

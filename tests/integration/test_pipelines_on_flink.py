@@ -34,7 +34,7 @@ from schemas.contracts import TABLES
 from tests.conftest import FLINK_REST, PROJECT_ROOT, require_service
 from tests.helpers import run_simulator
 from tests.integration.flink_jobs import JOB_ENDPOINT, jobs
-from transforms import lake as lake_io
+from core import lake as lake_io
 from transforms.delta import snapshot_files
 
 pytestmark = [pytest.mark.integration, pytest.mark.flink]

@@ -12,7 +12,7 @@ import sys
 import pytest
 
 from tests.conftest import FLINK_REST, KAFKA_BOOTSTRAP, PROJECT_ROOT, require_service
-from transforms import lake as lake_io
+from core import lake as lake_io
 
 pytestmark = [pytest.mark.integration, pytest.mark.flink]
 

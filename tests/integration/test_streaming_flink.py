@@ -16,8 +16,8 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from tests import stream_fixture
 from tests.conftest import FLINK_REST, KAFKA_BOOTSTRAP, require_service
 from tests.integration import flink_jobs
-from transforms import lake as lake_io
-from transforms.offsets import OffsetSet
+from core import lake as lake_io
+from core.offsets import OffsetSet
 
 pytestmark = [pytest.mark.integration, pytest.mark.flink]
 

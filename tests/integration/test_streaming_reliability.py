@@ -16,7 +16,7 @@ from tests.conftest import FLINK_REST, KAFKA_BOOTSTRAP, PROJECT_ROOT, require_se
 from tests.integration import flink_jobs
 from tests.integration.test_streaming_flink import (_landable, _landed, _pipeline_args, _produce, _topics,
                                                     _wait_for_rows)
-from transforms import lake as lake_io
+from core import lake as lake_io
 
 pytestmark = [pytest.mark.integration, pytest.mark.flink]
 

@@ -1,6 +1,6 @@
 """Restart without a savepoint on the real Flink: the streaming job is cancelled after an hour of
 simulated readings and a new job starts on the same lake and consumer group with no state. Its
-acute rules rebuild the 24 h vibration baselines from the lake (transforms.acute_warm), so a
+acute rules rebuild the 24 h vibration baselines from the lake (core.acute_warm), so a
 VIBRATION_SURGE right after the restart fires, although the new job has seen only minutes of
 readings (a cold job needs an hour). Nothing is lost across the restart."""
 from __future__ import annotations

@@ -26,7 +26,7 @@ from typing import Protocol
 import numpy as np
 import pyarrow as pa
 
-from transforms.acute_rules import FIRES, HIST, NEVER, SEEN, VIB, DeviceStates, fixed_lengths, fixed_width
+from core.acute_rules import FIRES, HIST, NEVER, SEEN, VIB, DeviceStates, fixed_lengths, fixed_width
 
 VERSION = 1
 MAGIC = b"AS"

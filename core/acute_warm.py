@@ -28,10 +28,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
 
-from transforms import lake
-from transforms.acute_rules import MINUTE_US, DeviceStates, RuleConfig, fixed_width
-from transforms.arrow import to_numpy
-from transforms.timestamps import parse_ts
+from core import lake
+from core.acute_rules import MINUTE_US, DeviceStates, RuleConfig, fixed_width
+from core.arrays import to_numpy
+from core.timestamps import parse_ts
 
 log = logging.getLogger(__name__)
 FEATURE_WINDOW = "15m"
@@ -134,7 +134,7 @@ def _last_window_end(features: pa.Table) -> pa.Table:
 
 
 def _landing_pieces(lake_root: str, registry: pa.Table, since: dt.datetime, cutoffs: pa.Table) -> pa.Table:
-    from transforms.acute import canonical_values, in_range     # the streaming path's own conversions
+    from core.readings import canonical_values, in_range     # the streaming path's own conversions
     table = lake.open_table(lake_root, "raw_sensor_readings")
     empty = PIECES.empty_table()
     if table is None:

@@ -22,7 +22,7 @@ import os
 from dataclasses import dataclass, field
 
 from schemas import contracts
-from transforms import lake
+from core import lake
 
 log = logging.getLogger(__name__)
 APP = "maintain"

@@ -28,10 +28,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipelines import cli
-from transforms import lake
-from transforms.arrow import to_numpy
-from transforms.features import parse_window_sizes
+from core import lake
+from core.arrays import to_numpy
+from core.timestamps import utc_datetime
+from core.windows import parse_window_sizes
 
 COMMISSIONED = "commissioned"
 
@@ -93,7 +93,7 @@ def _end_of(entry: SpanEntry, start: dt.datetime) -> dt.datetime:
 
 def _time(entry: SpanEntry, text: str) -> dt.datetime:
     try:
-        return cli.utc_datetime(text)
+        return utc_datetime(text)
     except ValueError:
         raise SpansError(f"{entry.where}: {text!r} is not an ISO date/time") from None
 
@@ -154,8 +154,8 @@ def resolve(lake_root: str, path: str, devices: tuple[str, ...] = ()) -> Resolve
 
 def envelope(spans: tuple[tuple[str, str, str], ...]) -> tuple[str, str]:
     """Earliest start and latest end of the spans (ISO)."""
-    return (min(cli.utc_datetime(s).isoformat() for _, s, _ in spans),
-            max(cli.utc_datetime(e).isoformat() for _, _, e in spans))
+    return (min(utc_datetime(s).isoformat() for _, s, _ in spans),
+            max(utc_datetime(e).isoformat() for _, _, e in spans))
 
 
 def in_spans(device_ids: pa.ChunkedArray | pa.Array, times: pa.ChunkedArray | pa.Array,
@@ -175,7 +175,7 @@ def in_spans(device_ids: pa.ChunkedArray | pa.Array, times: pa.ChunkedArray | pa
         rank_of[d] = r + 1
         if r == len(ranks):      # empty spans (lo = hi) for devices without an r-th span
             ranks.append((np.zeros(len(devices) + 1, np.int64), np.zeros(len(devices) + 1, np.int64)))
-        as_int = lambda s: pa.scalar(cli.utc_datetime(s), pa.timestamp(unit, "UTC")).cast(pa.int64()).as_py()  # noqa: E731
+        as_int = lambda s: pa.scalar(utc_datetime(s), pa.timestamp(unit, "UTC")).cast(pa.int64()).as_py()  # noqa: E731
         ranks[r][0][index[d]], ranks[r][1][index[d]] = as_int(lo), as_int(hi)
     mask = np.zeros(len(t), dtype=bool)
     for lo, hi in ranks:         # code -1 (a device without spans) takes the last, empty slot

@@ -81,3 +81,9 @@ def parse_ts(ts: pa.Array | pa.ChunkedArray, timezones: pa.Array | pa.ChunkedArr
     lo, hi = int(_MIN.timestamp() * 1e6), int(_MAX.timestamp() * 1e6)
     valid[valid] &= (result[valid] >= lo) & (result[valid] < hi)
     return pa.array(np.where(valid, result, 0).astype(np.int64), mask=~valid).cast(UTC_US)
+
+
+def utc_datetime(text: str) -> dt.datetime:
+    """argparse type: ISO date or datetime, naive values are UTC."""
+    value = dt.datetime.fromisoformat(text)
+    return value if value.tzinfo else value.replace(tzinfo=dt.timezone.utc)

@@ -6,7 +6,7 @@ import time
 
 import pyarrow as pa
 
-from transforms import lake
+from core import lake
 
 log = logging.getLogger(__name__)
 
