@@ -4,6 +4,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+MODEL_WINDOW = "1h"                    # the feature window the models are trained on and score
+
 
 @dataclass(frozen=True, order=True)
 class WindowSize:

@@ -31,8 +31,9 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from pipelines import cli
 from pipelines.options import IncrementalJobOptions
 from transforms import cleansing as cl
-from transforms import delta
 from core import lake
+from transforms import delta
+from transforms.baselines import baseline_path, ensure_baseline
 
 log = logging.getLogger("cleanse")
 
@@ -69,34 +70,6 @@ def config_of(opts: CleanseOptions) -> cl.CleanseConfig:
                             stuck_min_duration_s=opts.stuck_min_duration_seconds)
 
 
-def baseline_path(lake_root: str, baseline_dir: str | None, table: str) -> Path | None:
-    if baseline_dir:
-        return Path(baseline_dir) / f"{table}.pb"
-    if lake.is_local(lake_root):
-        return Path(lake_root.removeprefix("file://")).parent / "baselines" / f"{table}.pb"
-    return None
-
-
-def ensure_baseline(lake_root: str, table: str, version: int, path: Path | None, max_rows: int = 500_000) -> None:
-    """Saves the statistics of (up to ``max_rows`` of) the rows committed in ``version`` as the
-    table's drift baseline, unless one exists."""
-    if path is None or path.exists():
-        return
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-    from transforms import validation
-    parts, rows = [], 0
-    for f in delta.added_files(lake_root, table, version - 1 if version else None, version):
-        if rows >= max_rows:
-            break
-        data = delta.with_partition_columns(table, pq.read_table(f.uri.removeprefix("file://")), f.partition_values)
-        parts.append(data)
-        rows += data.num_rows
-    if parts:
-        validation.save_baseline(validation.statistics(table, [pa.concat_tables(parts)]), path)
-        log.info("saved the drift baseline of %s (%d rows of version %d) to %s", table, rows, version, path)
-
-
 def build(pipeline: beam.Pipeline, plan: cl.CleansePlan, config: cl.CleanseConfig, opts: CleanseOptions) -> None:
     from transforms.validation import load_baseline
     outputs = pipeline | "Cleanse" >> cl.Cleanse(plan, config)
@@ -105,22 +78,6 @@ def build(pipeline: beam.Pipeline, plan: cl.CleansePlan, config: cl.CleanseConfi
         outputs[table] | f"Write_{table}" >> delta.WriteDelta(
             plan.lake, table, app=cl.APP, commit_id=plan.commit_id(table), inputs=plan.inputs(table),
             baseline=load_baseline(path) if path else None, sample_rate=opts.tfdv_sample_rate)
-
-
-def rows_in_version(lake_root: str, table: str, version: int) -> int:
-    """Rows a commit added (the record counts of its add actions; one commit file read)."""
-    changes = lake.version_changes(lake_root, table, version)
-    if changes is None:      # the commit file is gone (log cleanup): diff the snapshots
-        return _rows_by_snapshot(lake_root, table, version)
-    return sum(a.num_records or 0 for a in changes.adds if a.data_change)
-
-
-def _rows_by_snapshot(lake_root: str, table: str, version: int) -> int:
-    before = {f.uri for f in delta.snapshot_files(lake_root, table, version - 1)} if version else set()
-    actions = lake.open_table(lake_root, table, version).get_add_actions(flatten=True).to_pydict()
-    root = lake.table_uri(lake_root, table)
-    counts = zip(actions.get("path", []), actions.get("num_records", []))    # no columns when no files
-    return sum(n for p, n in counts if f"{root}/{p}" not in before)
 
 
 def summarize(plan: cl.CleansePlan, c: dict[str, int], elapsed_s: float) -> dict:
@@ -145,7 +102,7 @@ def summarize(plan: cl.CleansePlan, c: dict[str, int], elapsed_s: float) -> dict
         # the run's own commit is the newest cleanse commit of the table: one or two commit files read
         version = lake.find_commit(plan.lake, table, plan.commit_id(table), app=cl.APP)
         s["commits"][table] = {"version": version,
-                               "rows": rows_in_version(plan.lake, table, version) if version is not None else None}
+                               "rows": delta.rows_in_version(plan.lake, table, version) if version is not None else None}
     written = {cl.CLEAN: s["clean"], cl.QUARANTINE: s["quarantined"]}
     s["commits_match_counts"] = all(v["rows"] == written[t] for t, v in s["commits"].items())
     return s

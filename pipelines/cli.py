@@ -2,12 +2,12 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import warnings
 
 from core.timestamps import utc_datetime  # noqa: F401  (the argparse type of the entry points' dates)
+from transforms.runs import is_dry_run, metric_counters, print_summary  # noqa: F401  (every entry point's)
 
 
 def setup_logging(level: str = "INFO") -> None:
@@ -16,11 +16,6 @@ def setup_logging(level: str = "INFO") -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     for noisy in ("apache_beam.runners.worker", "apache_beam.typehints.native_type_compatibility", "kafka", "absl"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-
-
-def print_summary(job: str, summary: dict) -> None:
-    """The JSON line a job ends with, ``<JOB>_SUMMARY {...}`` (run_local and the tests parse it)."""
-    print(f"{job.upper()}_SUMMARY " + json.dumps(summary, sort_keys=True, default=str))
 
 
 def entry_point(run, ok=lambda summary: True):
@@ -48,24 +43,6 @@ standard Beam options are accepted too, e.g.:
   --setup_file ./setup.py  --requirements_file requirements.lock
   --project ... --region ... --temp_location gs://... --dry_run   (Dataflow)
 see the README's "Running on Flink and Dataflow" for complete examples."""
-
-
-def metric_counters(result, namespace: str) -> dict[str, int]:
-    """A finished pipeline's counters of one namespace, by name, summed over the steps that report
-    them (committed values where the runner has them, attempted otherwise)."""
-    from apache_beam.metrics.metric import MetricsFilter
-    out: dict[str, int] = {}
-    for c in result.metrics().query(MetricsFilter().with_namespace(namespace))["counters"]:
-        value = c.committed if c.committed is not None else c.attempted
-        out[c.key.metric.name] = out.get(c.key.metric.name, 0) + int(value or 0)
-    return out
-
-
-def is_dry_run(options) -> bool:
-    """``--dry_run`` (DataflowRunner): ``run()`` built and returned the job graph without running it, so
-    there are no results, metrics or commits to read afterwards."""
-    from apache_beam.options.pipeline_options import TestOptions
-    return bool(options.view_as(TestOptions).dry_run)
 
 
 def pipeline_parser(options_cls, prog: str, description: str) -> argparse.ArgumentParser:

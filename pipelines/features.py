@@ -32,9 +32,10 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipelines import cli
 from pipelines.options import IncrementalJobOptions
-from pipelines.cleanse import baseline_path, ensure_baseline, rows_in_version
-from transforms import features as ft
 from core import lake
+from transforms import features as ft
+from transforms.baselines import baseline_path, ensure_baseline
+from transforms.delta import rows_in_version
 
 log = logging.getLogger("features")
 

@@ -1,6 +1,6 @@
 """The lake's upkeep, as a Delta user expects it: run it from cron (or any scheduler) every hour or so.
 
-  1. archive   landing older than the hot window moves to the Parquet archive (pipelines.archive)
+  1. archive   landing older than the hot window moves to the Parquet archive (as pipelines.archive)
   2. compact   small files of every Delta table into files of --target_file_mb (an OPTIMIZE commit,
                dataChange=false: incremental readers skip it, nothing is read twice)
   3. checkpoint at each table's latest version (opening a table stays cheap however old it is)
@@ -96,8 +96,9 @@ def _split(text: str) -> list[str]:
 
 
 def _archive(opts, now: dt.datetime, beam_args: list[str]) -> dict:
-    from pipelines import archive
-    return archive.run(["--lake", opts.lake, "--hot_days", str(opts.hot_days), "--now", now.isoformat(), *beam_args])
+    from apache_beam.options.pipeline_options import PipelineOptions
+    from transforms import archive
+    return archive.move(PipelineOptions(beam_args), opts.lake, opts.hot_days, now)
 
 
 main = cli.entry_point(run, ok=lambda summary: not summary["errors"])

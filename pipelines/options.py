@@ -27,9 +27,9 @@ from __future__ import annotations
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from core import lake
+from core.windows import MODEL_WINDOW  # noqa: F401  (declared in core: the library's ExtractSpec defaults to it too)
 
 DEFAULT_MODELS = "./data/models"
-MODEL_WINDOW = "1h"                    # the feature window the models are trained on and score
 KAFKA_BOOTSTRAP = "127.0.0.1:9092"
 READINGS_TOPIC = "sensor.readings"
 

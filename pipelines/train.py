@@ -245,7 +245,7 @@ def arg_parser():
 
 
 def run(argv: list[str] | None = None) -> dict[str, registry.ModelVersion]:
-    from pipelines import extract_training as et
+    from transforms import extraction as et
     options = cli.pipeline_options(arg_parser(), argv)
     opts = options.view_as(TrainOptions)
     dataset = opts.dataset

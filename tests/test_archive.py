@@ -8,6 +8,7 @@ import pyarrow.compute as pc
 import pytest
 
 from pipelines import archive
+from transforms import archive as archive_tier
 from tests.helpers import run_simulator
 from core import lake as lake_io
 from transforms.delta import snapshot_files
@@ -26,8 +27,8 @@ def union_rows(lake: str, version: int | None = None) -> collections.Counter:
     table = lake_io.open_table(lake, "raw_sensor_readings", version)
     files = snapshot_files(lake, "raw_sensor_readings", table.version())
     hot = table.to_pyarrow_table(columns=KEY)
-    cold = [archive.read_archive_file(lake, a, KEY)
-            for a in archive.union_files(lake, files, archive.list_archive(lake))]
+    cold = [archive_tier.read_archive_file(lake, a, KEY)
+            for a in archive_tier.union_files(lake, files, archive_tier.list_archive(lake))]
     rows = pa.concat_tables([hot] + cold)
     return collections.Counter(zip(*[rows[c].to_pylist() for c in KEY]))
 
@@ -53,9 +54,9 @@ def test_move_without_crash(lake):
     # a reader time-travelling to the version before the move still sees every reading once
     assert union_rows(lake, version_before) == before
     # archive partitions are date=YYYY-MM-DD/device_id=... holding the readings of that device
-    files = archive.list_archive(lake)
+    files = archive_tier.list_archive(lake)
     assert all(a.path.startswith("date=2026-") and "/device_id=dev-" in a.path for a in files)
-    one = archive.read_archive_file(lake, files[0])
+    one = archive_tier.read_archive_file(lake, files[0])
     assert pc.all(pc.equal(one["device_id"], files[0].device_id)).as_py()
     # nothing left to move: a rerun is a no-op
     assert _run(lake).get("nothing_to_do")
@@ -66,7 +67,7 @@ def test_move_without_crash(lake):
 def test_interrupted_move_then_rerun(lake, step, monkeypatch):
     _simulate(lake)
     before = union_rows(lake)
-    monkeypatch.setenv(archive.CRASH_AFTER_ENV, step)
+    monkeypatch.setenv(archive_tier.CRASH_AFTER_ENV, step)
     with pytest.raises(Exception, match="simulated crash"):
         _run(lake)
     # at the moment of the crash a union reader sees every reading exactly once
@@ -74,13 +75,13 @@ def test_interrupted_move_then_rerun(lake, step, monkeypatch):
     assert _old_landing_files(lake) == (0 if step == "removed" else _old_landing_files(lake))
     if step != "removed":
         assert _old_landing_files(lake) > 0
-        assert archive.list_archive(lake), "the crash happened after some archive files were written"
-    monkeypatch.delenv(archive.CRASH_AFTER_ENV)
+        assert archive_tier.list_archive(lake), "the crash happened after some archive files were written"
+    monkeypatch.delenv(archive_tier.CRASH_AFTER_ENV)
     _run(lake)
     assert _old_landing_files(lake) == 0
     assert union_rows(lake) == before
     # no duplicate archive files for one source: one file per (date, device, source)
-    names = [a.path for a in archive.list_archive(lake)]
+    names = [a.path for a in archive_tier.list_archive(lake)]
     assert len(names) == len(set(names))
 
 
@@ -88,7 +89,7 @@ def test_move_does_not_remove_files_appended_concurrently(lake):
     """A landing file appended into an old partition after planning is not archived, so it must
     not be removed either: delta-rs refuses the stale DELETE; the rerun plans again."""
     _simulate(lake)
-    plan = archive.plan_move(lake, 2, archive.cli.utc_datetime(NOW))
+    plan = archive_tier.plan_move(lake, 2, archive.cli.utc_datetime(NOW))
     landed = lake_io.read(lake, "raw_sensor_readings")
     late = landed.filter(pc.less(landed["ingest_date"], pa.scalar(plan.cutoff, pa.date32()))).slice(0, 3)
     late = late.set_column(0, "event_id", pa.array(["late-1", "late-2", "late-3"]))
@@ -97,7 +98,7 @@ def test_move_does_not_remove_files_appended_concurrently(lake):
     import apache_beam as beam
     with pytest.raises(Exception, match="concurrent"):
         with beam.Pipeline() as p:
-            _ = p | archive.MoveToArchive(plan)
+            _ = p | archive_tier.MoveToArchive(plan)
     assert union_rows(lake) == before
     _run(lake)
     assert union_rows(lake) == before and _old_landing_files(lake) == 0

@@ -12,6 +12,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipelines import archive, extract_training as et
+from transforms import extraction
+from transforms import archive as archive_tier
 from tests.helpers import run_simulator
 from core import lake as lake_io
 
@@ -61,16 +63,16 @@ def test_as_of_version_excludes_later_commits_while_a_writer_appends(lake, tmp_p
         thread.join()
     assert appended and max(appended) > n, "the writer committed while the extraction ran"
 
-    data, manifest = et.read_dataset(d1)
+    data, manifest = extraction.read_dataset(d1)
     assert manifest["inputs"]["version"] == n and manifest["spec"]["version"] == n
     assert not any(e.startswith("late-") for e in data["event_id"].to_pylist())
     # hot rows of version n in the span, plus the archive day, each exactly once
-    archived = sum(archive.read_archive_file(lake, a).num_rows for a in archive.list_archive(lake))
-    assert archived > 0 and len(manifest["inputs"]["archive_files"]) == len(archive.list_archive(lake))
+    archived = sum(archive_tier.read_archive_file(lake, a).num_rows for a in archive_tier.list_archive(lake))
+    assert archived > 0 and len(manifest["inputs"]["archive_files"]) == len(archive_tier.list_archive(lake))
     assert data.num_rows == expected.num_rows + archived
     assert sorted(data["event_id"].to_pylist()) == sorted(
         expected["event_id"].to_pylist()
-        + [e for a in archive.list_archive(lake) for e in archive.read_archive_file(lake, a)["event_id"].to_pylist()])
+        + [e for a in archive_tier.list_archive(lake) for e in archive_tier.read_archive_file(lake, a)["event_id"].to_pylist()])
     # byte-identical files and manifest
     assert os.path.basename(d1) == os.path.basename(d2)
     assert _files(d1) == _files(d2)
@@ -88,7 +90,7 @@ def test_as_of_timestamp_filters_and_sensors(lake, tmp_path):
                           "--as_of_timestamp", at, "--devices", ",".join(devices), "--sensors", "vibration",
                           "--output", str(tmp_path)])
     assert manifest["inputs"]["version"] == 1
-    data, _ = et.read_dataset(d)
+    data, _ = extraction.read_dataset(d)
     assert data.num_rows > 0
     assert set(data["device_id"].to_pylist()) <= set(devices)
     assert set(data["sensor_type"].to_pylist()) == {"vibration"}
@@ -107,19 +109,19 @@ def test_union_is_exact_during_an_archive_move(lake, tmp_path, monkeypatch):
     _simulate(lake)
     args = ["--lake", lake, "--start", "2026-09-01", "--end", "2026-10-06"]
     _, before = et.run(args + ["--output", str(tmp_path / "before")])
-    monkeypatch.setenv(archive.CRASH_AFTER_ENV, "written")
+    monkeypatch.setenv(archive_tier.CRASH_AFTER_ENV, "written")
     try:
         archive.run(["--lake", lake, "--hot_days", "2", "--now", "2026-10-05T06:00:00"])
     except Exception as exc:  # noqa: BLE001
         assert "simulated crash" in str(exc)
-    monkeypatch.delenv(archive.CRASH_AFTER_ENV)
+    monkeypatch.delenv(archive_tier.CRASH_AFTER_ENV)
     d_mid, mid = et.run(args + ["--output", str(tmp_path / "mid")])
     assert mid["rows"] == before["rows"]
     archive.run(["--lake", lake, "--hot_days", "2", "--now", "2026-10-05T06:00:00"])
     d_after, after = et.run(args + ["--output", str(tmp_path / "after")])
     assert after["rows"] == before["rows"] and after["spec"]["version"] > before["spec"]["version"]
-    a, _ = et.read_dataset(d_mid)
-    b, _ = et.read_dataset(d_after)
+    a, _ = extraction.read_dataset(d_mid)
+    b, _ = extraction.read_dataset(d_after)
     assert sorted(a["event_id"].to_pylist()) == sorted(b["event_id"].to_pylist())
 
 
@@ -135,7 +137,7 @@ def test_features_extraction_is_point_in_time_and_reproducible(lake, tmp_path):
     d1, m1 = et.run(args + ["--output", str(tmp_path / "a")])
     d2, m2 = et.run(args + ["--output", str(tmp_path / "b")])
     assert _files(d1) == _files(d2) and m1 == m2
-    data, manifest = et.read_dataset(d1)
+    data, manifest = extraction.read_dataset(d1)
     assert data.num_rows == features.filter(pc.less(features["window_start"], day)).num_rows
     assert "vibration_mean" in data.column_names and "compressor_current_mean" not in data.column_names
     assert manifest["inputs"]["table"] == "features" and manifest["inputs"]["version"] == first
@@ -177,7 +179,7 @@ def test_spans_per_device_give_exactly_those_rows_pinned_and_reproducible(lake, 
     args = ["--lake", lake, "--kind", "features", "--spans", str(spans_file), "--devices", f"{a},{b}"]
     d1, m1 = et.run(args + ["--output", str(tmp_path / "one")])
     d2, m2 = et.run(args + ["--output", str(tmp_path / "two")])
-    data, manifest = et.read_dataset(d1)
+    data, manifest = extraction.read_dataset(d1)
     expected = {a: [(t(1, 0), t(1, 8)), (t(2, 12), t(2, 13))], b: [(t(3, 0), t(4, 0))]}    # c: not in --devices
     assert data.num_rows == len(_rows_in(features, expected)) > 0
     assert sorted(zip(data["device_id"].to_pylist(), data["window_start"].to_pylist())) == _rows_in(features, expected)
@@ -207,7 +209,7 @@ def test_spans_per_model_from_commissioning_with_device_override(lake, tmp_path)
                           "--output", str(tmp_path / "out")])
     expected = {d: [(c, c + dt.timedelta(hours=6))] for d, c in members if d != override}
     expected[override] = [(dt.datetime(2026, 10, 3, tzinfo=UTC), dt.datetime(2026, 10, 3, 2, tzinfo=UTC))]
-    data, _ = et.read_dataset(os.path.join(str(tmp_path / "out"), manifest["dataset_id"]))
+    data, _ = extraction.read_dataset(os.path.join(str(tmp_path / "out"), manifest["dataset_id"]))
     assert sorted(zip(data["device_id"].to_pylist(), data["window_start"].to_pylist())) == _rows_in(features, expected)
     assert data.num_rows > 0 and manifest["spec"]["registry_version"] == lake_io.open_table(lake, "devices").version()
 

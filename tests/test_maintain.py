@@ -115,8 +115,8 @@ def test_the_archive_move_is_no_new_data_and_no_error_for_the_cleanse(small_lake
 def _more_landing_recent(lake: str, n: int) -> None:
     """n new landing rows of a recent ingest date (content from the archive: landing is empty now)."""
     import datetime as dt
-    from pipelines import archive
-    rows = archive.read_archive_file(lake, archive.list_archive(lake)[0]).slice(0, n)
+    from transforms import archive as archive_tier
+    rows = archive_tier.read_archive_file(lake, archive_tier.list_archive(lake)[0]).slice(0, n)
     rows = rows.set_column(rows.schema.get_field_index("ingest_date"), "ingest_date",
                            pa.array([dt.date(2026, 10, 9)] * rows.num_rows, pa.date32()))
     lake_io.append(lake, LANDING, rows.set_column(0, "event_id", pa.array([f"recent-{i}" for i in range(n)])))

@@ -114,6 +114,22 @@ def with_partition_columns(table_name: str, data: pa.Table, partition_values) ->
     return lake.conform(table_name, data)
 
 
+def rows_in_version(lake_root: str, table: str, version: int) -> int:
+    """Rows a commit added (the record counts of its add actions; one commit file read)."""
+    changes = lake.version_changes(lake_root, table, version)
+    if changes is None:      # the commit file is gone (log cleanup): diff the snapshots
+        return _rows_by_snapshot(lake_root, table, version)
+    return sum(a.num_records or 0 for a in changes.adds if a.data_change)
+
+
+def _rows_by_snapshot(lake_root: str, table: str, version: int) -> int:
+    before = {f.uri for f in snapshot_files(lake_root, table, version - 1)} if version else set()
+    actions = lake.open_table(lake_root, table, version).get_add_actions(flatten=True).to_pydict()
+    root = lake.table_uri(lake_root, table)
+    counts = zip(actions.get("path", []), actions.get("num_records", []))    # no columns when no files
+    return sum(n for p, n in counts if f"{root}/{p}" not in before)
+
+
 class ReadDeltaFiles(beam.PTransform):
     """Reads the given files of a Delta table: PCollection of Arrow tables in the contract schema
     (or the given columns), each within ``bound`` rows and bytes before the partition columns."""

@@ -30,6 +30,7 @@ import pyarrow.compute as pc
 import pytest
 
 from pipelines import archive, extract_training, score, train
+from transforms import archive as archive_tier
 from schemas.contracts import TABLES
 from tests.conftest import FLINK_REST, PROJECT_ROOT, require_service
 from tests.helpers import run_simulator
@@ -158,8 +159,8 @@ def test_archive_on_flink_equals_the_direct_runner(raw_lake, tmp_path):
         assert got[key] == expected[key], key
 
     # the archive: same files (names derive from the source landing files), same bytes
-    archived = file_digests(archive.archive_root(flink))
-    assert file_digests(archive.archive_root(direct)) == archived
+    archived = file_digests(archive_tier.archive_root(flink))
+    assert file_digests(archive_tier.archive_root(direct)) == archived
     assert any(p.startswith("date=2026-10-03/") and "/landing-" in p for p in archived)
 
     # landing: the same commit removed the same files
