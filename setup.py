@@ -11,7 +11,7 @@ setuptools.setup(
     description="Beam pipelines that watch a fleet of refrigeration compressors and find failures",
     python_requires=">=3.11,<3.12",
     packages=setuptools.find_packages(include=["pipelines*", "transforms*", "schemas*", "models*", "simulation*", "core*"]),
-    package_data={"schemas": ["tfdv/*.pbtxt"], "pipelines": ["../config/*.yaml"],
+    package_data={"schemas": ["tfdv/*.pbtxt"], "core": ["config/*.yaml"],
                   "pipelines.reporting": ["templates/*.html", "templates/*.css"]},
     include_package_data=True,
 )

@@ -39,6 +39,7 @@ import json
 from collections import Counter
 from dataclasses import dataclass, fields
 from functools import lru_cache
+from importlib import resources
 from pathlib import Path
 from typing import Callable, ClassVar
 
@@ -49,7 +50,9 @@ import yaml
 US = 1_000_000
 MINUTE_US = 60 * US
 NEVER = np.iinfo(np.int64).min // 2            # "no time" (no reading yet, condition not cleared)
-DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config" / "acute_rules.yaml"
+# package data (setup.py ships core/config/*.yaml), read through importlib.resources: the same inside a
+# wheel or a zip as in a checkout. Parsed on the driver; the DoFns receive the RuleConfig as a value.
+DEFAULT_CONFIG = resources.files("core") / "config" / "acute_rules.yaml"
 SENSOR_CODES = {"compressor_current": 0, "suction_pressure": 1, "discharge_pressure": 2, "vibration": 3,
                 "temperature": 4}
 
@@ -92,6 +95,7 @@ class RuleConfig:
     """The rule thresholds file: defaults plus per-model overrides."""
 
     def __init__(self, raw: dict):
+        self.raw = raw
         self._defaults = raw["defaults"]
         self._models = raw.get("models") or {}
         unknown = [m for m, o in self._models.items() for k in o if k not in self._defaults]
@@ -101,8 +105,12 @@ class RuleConfig:
 
     @classmethod
     def load(cls, path: str | Path | None = None) -> "RuleConfig":
-        with open(path or DEFAULT_CONFIG) as f:
-            return cls(yaml.safe_load(f))
+        """The thresholds file at ``path``; by default the one shipped in the package."""
+        return cls(yaml.safe_load(Path(path).read_text() if path else DEFAULT_CONFIG.read_text()))
+
+    def __reduce__(self):
+        # pickled (to the workers) as the parsed file; the per-model cache is rebuilt there
+        return RuleConfig, (self.raw,)
 
     def _for_model(self, model: str | None) -> Thresholds:
         c = _merge(self._defaults, self._models.get(model, {})) if model else self._defaults

@@ -29,6 +29,7 @@ from apache_beam.transforms import window
 
 from pipelines import cli
 from pipelines.options import KafkaOptions, LakeOptions, ShardsOptions
+from core.acute_rules import RuleConfig
 from transforms.acute import DEFAULT_SHARDS, AcuteRules
 from transforms.decode import DecodeMessages, KafkaMessage
 from transforms.landing import LandDecoded, SinkAlerts, intervals
@@ -52,7 +53,8 @@ class StreamingOptions(LakeOptions, KafkaOptions, ShardsOptions, PipelineOptions
         g.add_argument("--commit_interval_s", type=float, default=60.0,
                        help="landing interval: one Delta commit per table per interval of Kafka record time")
         g.add_argument("--rules_config", default=None,
-                       help="acute rule thresholds file (default: config/acute_rules.yaml)")
+                       help="acute rule thresholds file, read on the driver (default: the package's "
+                            "core/config/acute_rules.yaml)")
         g.add_argument("--registry_ttl_s", type=float, default=300.0,
                        help="how often workers reload the device registry")
         g.add_argument("--batch_messages", type=int, default=500,
@@ -114,13 +116,13 @@ class FleetStreaming(beam.PTransform):
     """Kafka messages (timestamped by record time) -> landing, dead letters and alerts."""
 
     def __init__(self, lake_root: str, *, interval_s: float = 60.0, shards: int = DEFAULT_SHARDS,
-                 batch_messages: int = 500, rules_config: str | None = None, registry_ttl_s: float = 300.0,
+                 batch_messages: int = 500, rules: RuleConfig | None = None, registry_ttl_s: float = 300.0,
                  kafka_producer: dict | None = None, kafka_commit: dict | None = None,
                  alerts_topic: str = "sensor.alerts", warm_start: bool = True):
         super().__init__()
         self._warm_start = warm_start
         self._lake, self._interval, self._shards = lake_root, interval_s, shards
-        self._batch, self._rules, self._ttl = batch_messages, rules_config, registry_ttl_s
+        self._batch, self._rules, self._ttl = batch_messages, rules, registry_ttl_s
         self._producer, self._commit, self._alerts_topic = kafka_producer, kafka_commit, alerts_topic
 
     def expand(self, messages):
@@ -196,7 +198,7 @@ def build(p: beam.Pipeline, opts) -> None:
      | "Kafka" >> ReadKafkaMessages(opts)
      | "Fleet" >> FleetStreaming(
          opts.lake, interval_s=opts.commit_interval_s, shards=opts.shards, batch_messages=opts.batch_messages,
-         rules_config=opts.rules_config, registry_ttl_s=opts.registry_ttl_s, kafka_producer=client,
+         rules=RuleConfig.load(opts.rules_config), registry_ttl_s=opts.registry_ttl_s, kafka_producer=client,
          kafka_commit={**client, "group.id": opts.consumer_group}, alerts_topic=opts.alerts_topic,
          warm_start=not opts.cold_start))
 

@@ -148,17 +148,17 @@ class _RulesFn(beam.DoFn):
     EVICT_AT = ReadModifyWriteStateSpec("evict_at", VarIntCoder())
     EVICT = TimerSpec("evict", TimeDomain.WATERMARK)
 
-    def __init__(self, lake_root: str, config_path: str | None, idle_horizon_s: float | None = None,
+    def __init__(self, lake_root: str, config: RuleConfig, idle_horizon_s: float | None = None,
                  eviction_period_s: float = EVICTION_PERIOD_S, registry_ttl_s: float = 300.0,
                  warm_start: bool = True):
-        self._lake, self._config_path, self._horizon_s, self._period_s = lake_root, config_path, idle_horizon_s, \
+        # the config arrives as a value (parsed on the driver), not as a path the worker would open
+        self._lake, self._config, self._horizon_s, self._period_s = lake_root, config, idle_horizon_s, \
             eviction_period_s
         self._ttl, self._warm_start = registry_ttl_s, warm_start
         self._shared = Shared()          # one warm-start source per worker process, not per DoFn instance
         self._counters = {}
 
     def setup(self):
-        self._config = RuleConfig.load(self._config_path)
         self._registry = RegistryCache(self._lake, self._ttl)
         self._warm = (self._shared.acquire(lambda: acute_warm.WarmStart(self._lake, self._config))
                       if self._warm_start else None)
@@ -234,11 +234,14 @@ class _RulesFn(beam.DoFn):
 class AcuteRules(beam.PTransform):
     """PCollection of decoded landing rows (Arrow) -> PCollection of CRITICAL alert dicts."""
 
-    def __init__(self, lake_root: str, shards: int = DEFAULT_SHARDS, config_path: str | None = None,
+    def __init__(self, lake_root: str, shards: int = DEFAULT_SHARDS, config: RuleConfig | None = None,
                  registry_ttl_s: float = 300.0, idle_horizon_s: float | None = None,
                  eviction_period_s: float = EVICTION_PERIOD_S, warm_start: bool = True):
+        """``config``: the parsed rule thresholds (default: the file shipped in the package, parsed here,
+        on the driver)."""
         super().__init__()
-        self._lake, self._shards, self._config, self._ttl = lake_root, shards, config_path, registry_ttl_s
+        config = config if config is not None else RuleConfig.load()
+        self._lake, self._shards, self._config, self._ttl = lake_root, shards, config, registry_ttl_s
         self._horizon, self._period, self._warm_start = idle_horizon_s, eviction_period_s, warm_start
 
     def expand(self, readings):
