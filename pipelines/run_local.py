@@ -34,6 +34,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from core.windows import MODEL_WINDOW
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -51,7 +53,7 @@ def arg_parser() -> argparse.ArgumentParser:
                    help="simulated minutes of live readings (acute failures need > 85: 1 h vibration warm-up)")
     p.add_argument("--acceleration", type=float, default=30, help="simulated seconds per wall-clock second")
     p.add_argument("--stream_interval", type=float, default=10, help="seconds between readings in the stream")
-    p.add_argument("--window_size", default="1h", help="feature window the models are trained on and score")
+    p.add_argument("--window_size", default=MODEL_WINDOW, help="feature window the models are trained on and score")
     p.add_argument("--batch_runner", choices=["flink", "direct"], default="flink",
                    help="where cleanse/features/score run (the streaming job always runs on Flink)")
     p.add_argument("--seed", type=int, default=7, help="simulator seed")

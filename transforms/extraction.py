@@ -391,7 +391,7 @@ def read_dataset(directory: str) -> tuple[pa.Table, dict]:
 
 
 def make_spec(lake_root: str, kind: str, start: str, end: str | None = None, devices: str = "", sensors: str = "",
-              as_of_version: int | None = None, as_of_timestamp: str | None = None, window_size: str = "1h",
+              as_of_version: int | None = None, as_of_timestamp: str | None = None, window_size: str = MODEL_WINDOW,
               shards_per_day: int = 1, archive_slack_days: int = 30, spans: str | None = None) -> ExtractSpec:
     """An ExtractSpec from command-line style values, with the hot table's version (and the
     per-device spans of a ``spans`` file) resolved."""

@@ -20,6 +20,7 @@ from pipelines.reporting.traces import (Trace, alert_spans, alerts_near, follow_
                                         trace_sensors, trace_window)
 from schemas import contracts
 from core import lake
+from core.windows import MODEL_WINDOW
 
 LANDING, CLEAN, QUARANTINE = "raw_sensor_readings", "clean_sensor_readings", "quarantine"
 
@@ -158,7 +159,7 @@ def add_detection(data: ReportData, truth: list[dict], window_size: str | None) 
         data.detection_error = "no scores table"
         return
     sizes = sorted(set(read_frame(data.lake, "scores", ["window_size"]).get_column("window_size").to_list()))
-    data.window_size = window_size or ("1h" if "1h" in sizes else (sizes[0] if sizes else None))
+    data.window_size = window_size or (MODEL_WINDOW if MODEL_WINDOW in sizes else (sizes[0] if sizes else None))
     if data.window_size not in sizes:
         data.detection_error = f"no scores of window size {data.window_size} (have: {', '.join(sizes) or '-'})"
         return
