@@ -172,8 +172,9 @@ class WarmStart:
     """One worker process's warm-start source: loaded on first use, dropped after ``keep_s``."""
 
     def __init__(self, lake_root: str, config: RuleConfig, landing_lookback_s: float = DEFAULT_LANDING_LOOKBACK_S,
-                 keep_s: float = DEFAULT_KEEP_S):
+                 keep_s: float = DEFAULT_KEEP_S, as_of: dt.datetime | None = None):
         self._lake, self._config, self._lookback, self._keep = lake_root, config, landing_lookback_s, keep_s
+        self._as_of = as_of                  # None: the wall clock when first used (a replay sets its own clock)
         self._pieces: Pieces | None = None
         self._loaded_at = None
         self._lock = threading.Lock()        # bundles of one process run in threads
@@ -193,8 +194,8 @@ class WarmStart:
         if self._loaded_at is None:
             t0 = time.monotonic()
             try:
-                self._pieces = load(self._lake, self._config, registry, dt.datetime.now(dt.timezone.utc),
-                                    self._lookback)
+                self._pieces = load(self._lake, self._config, registry,
+                                    self._as_of or dt.datetime.now(dt.timezone.utc), self._lookback)
             except Exception:  # noqa: BLE001 - a warm start is an optimisation: never fail the job on it
                 log.exception("acute warm start: reading the baselines from the lake failed; starting cold")
                 self._pieces = Pieces.empty()

@@ -16,7 +16,10 @@ ensemble):
     attributable to a mode, so every mode is charged all of them (conservative);
   * median delay: from failure start to the end of the first flagged window (when batch scoring
     can first see it), hours;
-  * per model: false-positive rate on normal windows and overall window precision.
+  * per model: false-positive rate on normal windows and overall window precision;
+  * point-wise (every judged window a point, labelled anomalous when it overlaps a failure):
+    F1, false-alarm rate FP / (FP + TN) and missed-alarm rate FN / (FN + TP), the measures of
+    labelled benchmarks such as SKAB.
 
 Windows that overlap a data fault (stuck value, dropout, duplicates, replay, out-of-range) are
 neither TP nor FP. Acute failures that follow a gradual one ("acute_after_gradual") are on devices
@@ -157,7 +160,7 @@ def evaluate(scores: pa.Table, truth: list[dict], eval_from: dt.datetime | None 
                 "window_recall": tp / labelled if labelled else None,
             }
         report["models"][model] = {
-            "modes": rows_out,
+            "modes": rows_out, "pointwise": pointwise(flag[in_span & ~fault], label[in_span & ~fault] != ""),
             "normal_windows": int(normal.sum()), "false_positive_windows": fp,
             "fpr": fp / normal.sum() if normal.sum() else None,
             "precision": tp_all / (tp_all + fp) if tp_all + fp else None,
@@ -168,6 +171,23 @@ def evaluate(scores: pa.Table, truth: list[dict], eval_from: dt.datetime | None 
         m: f"{sum(v['modes'][g]['detected'] for g in GRADUAL_MODES)}/{len(gradual)}"
         for m, v in report["models"].items()}
     return report
+
+
+def pointwise(flagged: np.ndarray, anomalous: np.ndarray) -> dict:
+    """Point-wise detection measures of flags against labels (one point per window)."""
+    tp, fp = int((flagged & anomalous).sum()), int((flagged & ~anomalous).sum())
+    fn, tn = int((~flagged & anomalous).sum()), int((~flagged & ~anomalous).sum())
+    return {"tp": tp, "fp": fp, "fn": fn, "tn": tn,
+            "f1": 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else None,
+            "false_alarm_rate": fp / (fp + tn) if fp + tn else None,
+            "missed_alarm_rate": fn / (fn + tp) if fn + tp else None}
+
+
+def _skipped_by_mode(skipped: list[str]) -> str:
+    counts: dict[str, int] = defaultdict(int)
+    for item in skipped:
+        counts[item.split("@", 1)[0]] += 1
+    return ", ".join(f"{mode} {n}" for mode, n in sorted(counts.items()))
 
 
 def _fmt(v, pattern="{:.2f}") -> str:
@@ -189,9 +209,16 @@ def render(report: dict) -> str:
     for model, m in report["models"].items():
         lines.append(f"| {model:<16} | {m['version']} | {m['normal_windows']} | {m['false_positive_windows']} | "
                      f"{_fmt(m['fpr'], '{:.4f}')} | {_fmt(m['precision'])} | {report['gradual_flagged_before_acute'][model]} |")
+    lines += ["", "point-wise (one point per judged window)", "",
+              f"| {'model':<16} | point F1 | false-alarm rate | missed-alarm rate | TP | FP | FN | TN |",
+              "|---|---|---|---|---|---|---|---|"]
+    for model, m in report["models"].items():
+        pw = m["pointwise"]
+        lines.append(f"| {model:<16} | {_fmt(pw['f1'], '{:.3f}')} | {_fmt(pw['false_alarm_rate'], '{:.2%}')} | "
+                     f"{_fmt(pw['missed_alarm_rate'], '{:.2%}')} | {pw['tp']} | {pw['fp']} | {pw['fn']} | {pw['tn']} |")
     if report["skipped_incidents"]:
-        lines += ["", f"not judged (started before the scored span): {len(report['skipped_incidents'])}: "
-                  + ", ".join(report["skipped_incidents"])]
+        lines += ["", f"not judged (started before the scored span, listed in the JSON report): "
+                      f"{len(report['skipped_incidents'])}: {_skipped_by_mode(report['skipped_incidents'])}"]
     return "\n".join(lines)
 
 

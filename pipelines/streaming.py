@@ -16,6 +16,7 @@ so that no secret is written in code, command lines or logs.
 """
 from __future__ import annotations
 
+import datetime as dt
 import json
 import logging
 import os
@@ -66,6 +67,9 @@ class StreamingOptions(LakeOptions, KafkaOptions, ShardsOptions, PipelineOptions
                        help="do not rebuild the 24 h vibration baselines of devices without rule state from the "
                             "lake's 15-minute features and recent landing rows (then VIBRATION_SURGE needs an "
                             "hour of readings after a start without a savepoint)")
+        g.add_argument("--warm_as_of", default=None,
+                       help="UTC time the warm start rebuilds the baselines for (default: the wall clock when a "
+                            "worker starts; set it when replaying or simulating readings of another time)")
         g.add_argument("--max_num_records", type=int, default=None,
                        help="stop after this many Kafka records (bounded runs and tests only)")
 
@@ -118,9 +122,10 @@ class FleetStreaming(beam.PTransform):
     def __init__(self, lake_root: str, *, interval_s: float = 60.0, shards: int = DEFAULT_SHARDS,
                  batch_messages: int = 500, rules: RuleConfig | None = None, registry_ttl_s: float = 300.0,
                  kafka_producer: dict | None = None, kafka_commit: dict | None = None,
-                 alerts_topic: str = "sensor.alerts", warm_start: bool = True):
+                 alerts_topic: str = "sensor.alerts", warm_start: bool = True,
+                 warm_as_of: dt.datetime | None = None):
         super().__init__()
-        self._warm_start = warm_start
+        self._warm_start, self._warm_as_of = warm_start, warm_as_of
         self._lake, self._interval, self._shards = lake_root, interval_s, shards
         self._batch, self._rules, self._ttl = batch_messages, rules, registry_ttl_s
         self._producer, self._commit, self._alerts_topic = kafka_producer, kafka_commit, alerts_topic
@@ -135,7 +140,8 @@ class FleetStreaming(beam.PTransform):
                   | "Readings" >> beam.Map(lambda d: d.readings)
                   | "Continuous" >> beam.WindowInto(window.GlobalWindows())
                   | "AcuteRules" >> AcuteRules(self._lake, self._shards, self._rules, self._ttl,
-                                               warm_start=self._warm_start))
+                                               warm_start=self._warm_start,
+                                               warm_as_of=self._warm_as_of))
         alerts | "Alerts" >> SinkAlerts(self._lake, self._interval, self._producer, self._alerts_topic)
         return alerts
 
@@ -200,7 +206,8 @@ def build(p: beam.Pipeline, opts) -> None:
          opts.lake, interval_s=opts.commit_interval_s, shards=opts.shards, batch_messages=opts.batch_messages,
          rules=RuleConfig.load(opts.rules_config), registry_ttl_s=opts.registry_ttl_s, kafka_producer=client,
          kafka_commit={**client, "group.id": opts.consumer_group}, alerts_topic=opts.alerts_topic,
-         warm_start=not opts.cold_start))
+         warm_start=not opts.cold_start,
+         warm_as_of=cli.utc_datetime(opts.warm_as_of) if opts.warm_as_of else None))
 
 
 STATE_CACHE_MB = 256

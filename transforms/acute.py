@@ -150,17 +150,18 @@ class _RulesFn(beam.DoFn):
 
     def __init__(self, lake_root: str, config: RuleConfig, idle_horizon_s: float | None = None,
                  eviction_period_s: float = EVICTION_PERIOD_S, registry_ttl_s: float = 300.0,
-                 warm_start: bool = True):
+                 warm_start: bool = True, warm_as_of: dt.datetime | None = None):
         # the config arrives as a value (parsed on the driver), not as a path the worker would open
         self._lake, self._config, self._horizon_s, self._period_s = lake_root, config, idle_horizon_s, \
             eviction_period_s
-        self._ttl, self._warm_start = registry_ttl_s, warm_start
+        self._ttl, self._warm_start, self._warm_as_of = registry_ttl_s, warm_start, warm_as_of
         self._shared = Shared()          # one warm-start source per worker process, not per DoFn instance
         self._counters = {}
 
     def setup(self):
         self._registry = RegistryCache(self._lake, self._ttl)
-        self._warm = (self._shared.acquire(lambda: acute_warm.WarmStart(self._lake, self._config))
+        self._warm = (self._shared.acquire(lambda: acute_warm.WarmStart(self._lake, self._config,
+                                                                                  as_of=self._warm_as_of))
                       if self._warm_start else None)
         th = self._config.for_model(None)
         default = th.vibration_window_buckets * th.vibration_bucket_us + th.lateness_us
@@ -236,20 +237,23 @@ class AcuteRules(beam.PTransform):
 
     def __init__(self, lake_root: str, shards: int = DEFAULT_SHARDS, config: RuleConfig | None = None,
                  registry_ttl_s: float = 300.0, idle_horizon_s: float | None = None,
-                 eviction_period_s: float = EVICTION_PERIOD_S, warm_start: bool = True):
+                 eviction_period_s: float = EVICTION_PERIOD_S, warm_start: bool = True,
+                 warm_as_of: dt.datetime | None = None):
         """``config``: the parsed rule thresholds (default: the file shipped in the package, parsed here,
         on the driver)."""
         super().__init__()
         config = config if config is not None else RuleConfig.load()
         self._lake, self._shards, self._config, self._ttl = lake_root, shards, config, registry_ttl_s
-        self._horizon, self._period, self._warm_start = idle_horizon_s, eviction_period_s, warm_start
+        self._horizon, self._period = idle_horizon_s, eviction_period_s
+        self._warm_start, self._warm_as_of = warm_start, warm_as_of
 
     def expand(self, readings):
         return (readings
                 | "Enrich" >> beam.ParDo(_EnrichFn(self._lake, self._shards, self._ttl)).with_output_types(
                     typing.Tuple[int, typing.Any])    # an int key: a deterministic coder for the state
                 | "EvaluatePerShard" >> beam.ParDo(_RulesFn(
-                    self._lake, self._config, self._horizon, self._period, self._ttl, self._warm_start)))
+                    self._lake, self._config, self._horizon, self._period, self._ttl, self._warm_start,
+                    self._warm_as_of)))
 
 
 __all__ = ["AcuteRules", "PageCoder", "RULES", "canonical_values", "in_range", "shard_of"]

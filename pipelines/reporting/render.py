@@ -85,4 +85,6 @@ def _detection_headline(d: ReportData) -> str:
     detected = sum(r["detected"] for r in m["modes"].values())
     total = sum(r["incidents"] for r in m["modes"].values())
     return (f"{name} ({d.window_size}) {detected}/{total} failures detected, window precision "
-            f"{ev._fmt(m['precision'])}, FPR {ev._fmt(m['fpr'], '{:.4f}')}")
+            f"{ev._fmt(m['precision'])}, FPR {ev._fmt(m['fpr'], '{:.4f}')}; point-wise F1 "
+            f"{ev._fmt(m['pointwise']['f1'], '{:.3f}')}, false alarms {ev._fmt(m['pointwise']['false_alarm_rate'], '{:.2%}')}, "
+            f"missed {ev._fmt(m['pointwise']['missed_alarm_rate'], '{:.2%}')}")

@@ -33,6 +33,15 @@ def _topics(suffix: str) -> tuple[str, str]:
     return readings, alerts
 
 
+def streaming_topics() -> tuple[str, str, str]:
+    """Skips unless Kafka, Flink and the job server run; creates a test's own topics: (suffix, readings, alerts)."""
+    require_service("Kafka", KAFKA_BOOTSTRAP)
+    require_service("Flink", FLINK_REST)
+    require_service("Flink job server", flink_jobs.JOB_ENDPOINT)
+    suffix = uuid.uuid4().hex[:8]
+    return (suffix, *_topics(suffix))
+
+
 def _produce(topic: str, messages) -> dict[int, float]:
     """Sends the fixture's messages to their partitions, in order; returns send time per message index."""
     producer = Producer({"bootstrap.servers": KAFKA_BOOTSTRAP, "linger.ms": 5, "enable.idempotence": True,
@@ -90,11 +99,7 @@ def _alert_latencies(alerts_topic: str, fx, sent: dict[int, float]) -> list[floa
 
 
 def test_streaming_on_flink_lands_everything_alerts_exactly_and_resumes(tmp_path):
-    require_service("Kafka", KAFKA_BOOTSTRAP)
-    require_service("Flink", FLINK_REST)
-    require_service("Flink job server", flink_jobs.JOB_ENDPOINT)
-    suffix = uuid.uuid4().hex[:8]
-    readings, alerts_topic = _topics(suffix)
+    suffix, readings, alerts_topic = streaming_topics()
     lake = str(tmp_path / "lake")
     fx = stream_fixture.build(lake, minutes=95)
     # the acute failures happen by minute 80; the last 5 minutes are produced while the job is down

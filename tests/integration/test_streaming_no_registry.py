@@ -5,14 +5,12 @@ current (CURRENT_SPIKE) then fires for a registered device."""
 from __future__ import annotations
 
 import time
-import uuid
 
 import pytest
 
 from tests import stream_fixture
-from tests.conftest import FLINK_REST, KAFKA_BOOTSTRAP, require_service
 from tests.integration import flink_jobs
-from tests.integration.test_streaming_flink import _landable, _landed, _pipeline_args, _produce, _topics, _wait_for_rows
+from tests.integration.test_streaming_flink import _landable, _landed, _pipeline_args, _produce, streaming_topics, _wait_for_rows
 from core import lake as lake_io
 
 pytestmark = [pytest.mark.integration, pytest.mark.flink]
@@ -49,11 +47,7 @@ def _wait_for_alert(lake: str, device: str, rule: str, timeout_s: float = 180) -
 
 
 def test_streaming_without_a_registry_lands_everything_then_picks_the_registry_up(tmp_path):
-    require_service("Kafka", KAFKA_BOOTSTRAP)
-    require_service("Flink", FLINK_REST)
-    require_service("Flink job server", flink_jobs.JOB_ENDPOINT)
-    suffix = uuid.uuid4().hex[:8]
-    readings, alerts_topic = _topics(suffix)
+    suffix, readings, alerts_topic = streaming_topics()
     fixture_lake = str(tmp_path / "fixture")            # the fixture writes its registry here, not in the job's lake
     lake = str(tmp_path / "lake")
     fx = stream_fixture.build(fixture_lake, minutes=75, wire_faults=False)

@@ -6,15 +6,14 @@ import os
 import signal
 import subprocess
 import time
-import uuid
 from collections import Counter
 
 import pytest
 
 from tests import stream_fixture
-from tests.conftest import FLINK_REST, KAFKA_BOOTSTRAP, PROJECT_ROOT, require_service
+from tests.conftest import PROJECT_ROOT
 from tests.integration import flink_jobs
-from tests.integration.test_streaming_flink import (_landable, _landed, _pipeline_args, _produce, _topics,
+from tests.integration.test_streaming_flink import (_landable, _landed, _pipeline_args, _produce, streaming_topics,
                                                     _wait_for_rows)
 from core import lake as lake_io
 
@@ -23,11 +22,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.flink]
 
 @pytest.fixture
 def setup(tmp_path):
-    require_service("Kafka", KAFKA_BOOTSTRAP)
-    require_service("Flink", FLINK_REST)
-    require_service("Flink job server", flink_jobs.JOB_ENDPOINT)
-    suffix = uuid.uuid4().hex[:8]
-    readings, alerts = _topics(suffix)
+    suffix, readings, alerts = streaming_topics()
     lake = str(tmp_path / "lake")
     fx = stream_fixture.build(lake, minutes=85)
     return tmp_path, lake, fx, _pipeline_args(lake, readings, alerts, f"rel-{suffix}"), readings

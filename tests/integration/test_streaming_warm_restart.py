@@ -6,14 +6,12 @@ readings (a cold job needs an hour). Nothing is lost across the restart."""
 from __future__ import annotations
 
 import datetime as dt
-import uuid
 
 import pytest
 
 from tests import stream_fixture
-from tests.conftest import FLINK_REST, KAFKA_BOOTSTRAP, require_service
 from tests.integration import flink_jobs
-from tests.integration.test_streaming_flink import _landable, _landed, _pipeline_args, _produce, _topics, _wait_for_rows
+from tests.integration.test_streaming_flink import _landable, _landed, _pipeline_args, _produce, streaming_topics, _wait_for_rows
 from tests.integration.test_streaming_no_registry import _wait_for_alert, _wait_for_tasks_running
 
 pytestmark = [pytest.mark.integration, pytest.mark.flink]
@@ -34,11 +32,7 @@ def lake_of(args: list[str]) -> str:
 
 
 def test_surge_fires_right_after_a_restart_without_savepoint(tmp_path):
-    require_service("Kafka", KAFKA_BOOTSTRAP)
-    require_service("Flink", FLINK_REST)
-    require_service("Flink job server", flink_jobs.JOB_ENDPOINT)
-    suffix = uuid.uuid4().hex[:8]
-    readings, alerts_topic = _topics(suffix)
+    suffix, readings, alerts_topic = streaming_topics()
     lake = str(tmp_path / "lake")
     fx = stream_fixture.build(lake, minutes=75, wire_faults=False, with_duplicates=False)
     surging = next(d for d, rule in fx.expected_alerts if rule == "VIBRATION_SURGE")
