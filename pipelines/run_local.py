@@ -216,8 +216,9 @@ def expected_stream_counts(truth_dir: Path) -> tuple[int, int]:
 def simulated_end(text: str | None) -> dt.datetime:
     """The simulated clock of the run: the history ends and the live stream starts here. Fixed (not the
     wall clock): the simulator's readings depend on their time, and the run must not depend on the day."""
-    from pipelines import cli, simulate
-    return cli.utc_datetime(text) if text else simulate.DEFAULT_END
+    from pipelines import cli
+    from simulation import DEFAULT_END
+    return cli.utc_datetime(text) if text else DEFAULT_END
 
 
 RUN_MARKER = ".run_local.json"     # written into --data: marks a folder this job made and may replace

@@ -30,6 +30,7 @@ import pyarrow.parquet as pq
 
 from pipelines import cli
 from pipelines.options import KafkaOptions, LakeOptions, declare
+from simulation import DEFAULT_END
 from simulation import fleet as fleet_mod
 from simulation.backfill import backfill
 from simulation.incidents import (ACUTE_MODES, DATA_FAULTS, GRADUAL_MODES, WIRE_FAULTS, PlanConfig,
@@ -40,7 +41,6 @@ from core import lake
 
 log = logging.getLogger("simulate")
 UTC = dt.timezone.utc
-DEFAULT_END = dt.datetime(2026, 11, 30, tzinfo=UTC)     # fixed: the same seed gives the same data every day
 
 
 def _wall_now() -> dt.datetime:
