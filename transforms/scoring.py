@@ -48,11 +48,22 @@ class ModelRef:
     kind: str            # the handler serving it (models/handlers.py)
     threshold: float
     module: str | None = None     # where its class registers (imported on workers that do not know it)
+    features: tuple[str, ...] = MODEL_FEATURES    # the model inputs it was trained on (its metadata)
 
     @classmethod
     def of(cls, mv: registry.ModelVersion) -> "ModelRef":
+        features = tuple(mv.metadata.get("model_features") or MODEL_FEATURES)
+        unknown = [c for c in features if c not in MODEL_FEATURES]
+        if unknown:
+            raise ValueError(f"model {mv.name} {mv.version} ({mv.path}) was trained on features this code does not "
+                             f"compute: {unknown}; retrain it (python -m pipelines.train) or pin another version")
         return cls(mv.name, mv.version, str(mv.path), mv.metadata["kind"], float(mv.metadata["threshold"]),
-                   mv.metadata.get("model_module"))
+                   mv.metadata.get("model_module"), features)
+
+    def columns(self) -> np.ndarray:
+        """Index of each of its features in MODEL_FEATURES (a version trained on an older, smaller
+        feature set sees those columns only)."""
+        return np.array([MODEL_FEATURES.index(c) for c in self.features], dtype=np.int64)
 
     def model_class(self) -> type[catalog.AnomalyModel]:
         return catalog.get(self.name, self.module)
@@ -104,12 +115,17 @@ class _Normalize(beam.DoFn):
 
     def setup(self):
         self._baseline = DeviceBaseline.from_bytes(registry.read_verified(self._model.path, BASELINE_FILE))
+        if self._baseline.columns != self._model.features:
+            raise ValueError(f"model {self._model.name} {self._model.version}: its baseline's features "
+                             f"{list(self._baseline.columns)} differ from its metadata's model_features "
+                             f"{list(self._model.features)}; the version is inconsistent, retrain it")
+        self._columns = None if self._model.features == MODEL_FEATURES else self._model.columns()
         self._with_devices = self._model.model_class().needs_devices
 
     def process(self, block):
         block_id, meta, x = block
         devices = np.asarray(meta["device_id"].to_pylist(), dtype=object)
-        z = self._baseline.transform(devices, x)
+        z = self._baseline.transform(devices, x if self._columns is None else x[:, self._columns])
         yield block_id, ((z, devices) if self._with_devices else z)
 
 
@@ -137,7 +153,7 @@ class _BuildScores(beam.DoFn):
         scores, contrib = {}, {}
         for m in self._models:
             s, c = grouped[m.name][0]
-            scores[m.name], contrib[m.name] = np.asarray(s, np.float64), np.asarray(c, np.float64)
+            scores[m.name], contrib[m.name] = np.asarray(s, np.float64), _widen(np.asarray(c, np.float64), m)
         thresholds = {m.name: m.threshold for m in self._models}
         ens = ensemble.combine(scores, thresholds, self._vote)
         severity = ensemble.severity(ens, self._high)
@@ -186,6 +202,15 @@ class _BuildScores(beam.DoFn):
             if m.model_class().explains_with_z:
                 return contrib[m.name]
         return None
+
+
+def _widen(contrib: np.ndarray, model: ModelRef) -> np.ndarray:
+    """A model's contributions over its own features -> over MODEL_FEATURES (0 where it has none)."""
+    if model.features == MODEL_FEATURES:
+        return contrib
+    out = np.zeros((contrib.shape[0], len(MODEL_FEATURES)))
+    out[:, model.columns()] = contrib
+    return out
 
 
 class _Episodes(beam.DoFn):
