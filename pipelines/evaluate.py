@@ -18,6 +18,11 @@ ensemble):
     can first see it), hours;
   * per model: false-positive rate on normal windows and overall window precision.
 
+Model alerts (the alerts table, rule MODEL_ENSEMBLE): incidents (one OPEN row each) per 1,000
+device-days scored, and the false ones separately: an incident is true when it overlaps a failure of
+its device (gradual damage persists), a data fault one when it overlaps only a data fault, false
+otherwise (``incident_alerts``).
+
 Windows that overlap a data fault (stuck value, dropout, duplicates, replay, out-of-range) are
 neither TP nor FP. Acute failures that follow a gradual one ("acute_after_gradual") are on devices
 already flagged by their gradual phase and are not scored separately.
@@ -47,6 +52,7 @@ from pipelines import cli
 from pipelines.options import LakeOptions, WindowSizeOptions
 from pipelines.simulation.incidents import ACUTE_MODES, GRADUAL_MODES
 from transforms import lake
+from transforms.scoring import MODEL_ALERT_RULE
 
 log = logging.getLogger("evaluate")
 ROW_FAULTS = ("stuck_value", "dropout", "duplicates", "replay", "out_of_range")
@@ -170,6 +176,54 @@ def evaluate(scores: pa.Table, truth: list[dict], eval_from: dt.datetime | None 
     return report
 
 
+def load_alerts(lake_root: str) -> pa.Table | None:
+    """The model alerts of the alerts table (None without a table)."""
+    table = lake.open_table(lake_root, "alerts")
+    if table is None:
+        return None
+    return table.to_pyarrow_dataset().to_table(filter=pads.field("rule") == MODEL_ALERT_RULE,
+                                               columns=["device_id", "severity", "event_time", "context"])
+
+
+def incident_alerts(alerts: pa.Table, scores: pa.Table, truth: list[dict], span: tuple[float, float]) -> dict:
+    """Model incidents opened in ``span`` (epoch s) per 1,000 device-days scored there, false ones
+    separately (module doc). Device-days: the ensemble's scored windows x their length."""
+    lo, hi = span
+    ens = scores.filter(pc.equal(scores["model"], ENSEMBLE)) if ENSEMBLE in set(scores["model"].to_pylist()) else scores
+    ws = np.array([t.timestamp() for t in ens["window_start"].to_pylist()])
+    we = np.array([t.timestamp() for t in ens["window_end"].to_pylist()])
+    inside = ws >= lo
+    device_days = float((we[inside] - ws[inside]).sum()) / 86400.0
+    failures, faults = defaultdict(list), defaultdict(list)
+    for r in truth:
+        if r["kind"] == "failure":
+            failures[r["device_id"]].append((r["start_s"], np.inf if r["category"] == "gradual" else r["end_s"]))
+        elif r["kind"] == "data_fault" and r["mode"] in ROW_FAULTS:
+            faults[r["device_id"]].append((r["start_s"], r["end_s"]))
+    incidents: dict[tuple, dict] = {}
+    for d, sev, t, ctx in zip(*[alerts[c].to_pylist() for c in ("device_id", "severity", "event_time", "context")]):
+        c = json.loads(ctx or "{}")
+        status = c.get("status") or ("OPEN" if sev == "WARNING" else "ESCALATED")     # rows before incidents
+        first = dt.datetime.fromisoformat(c["first_window_start"]).timestamp() if "first_window_start" in c \
+            else t.timestamp()
+        inc = incidents.setdefault((d, first), {"device_id": d, "start": first, "end": hi, "high": False,
+                                                "opened": False})
+        inc["opened"] |= status == "OPEN"
+        inc["high"] |= sev == "HIGH"
+        if status == "CLOSED" and "last_window_end" in c:
+            inc["end"] = dt.datetime.fromisoformat(c["last_window_end"]).timestamp()
+    judged = [i for i in incidents.values() if i["opened"] and lo <= i["start"] < hi]
+    overlaps = lambda spans, i: any(s < i["end"] and e > i["start"] for s, e in spans)  # noqa: E731
+    true = sum(overlaps(failures.get(i["device_id"], []), i) for i in judged)
+    fault = sum(not overlaps(failures.get(i["device_id"], []), i) and overlaps(faults.get(i["device_id"], []), i)
+                for i in judged)
+    false = len(judged) - true - fault
+    per = lambda n: 1000.0 * n / device_days if device_days else None  # noqa: E731
+    return {"device_days": round(device_days, 3), "incidents": len(judged), "true": true, "data_fault": fault,
+            "false": false, "high": sum(i["high"] for i in judged),
+            "per_1000_device_days": per(len(judged)), "false_per_1000_device_days": per(false)}
+
+
 def _fmt(v, pattern="{:.2f}") -> str:
     return "-" if v is None else pattern.format(v)
 
@@ -189,6 +243,13 @@ def render(report: dict) -> str:
     for model, m in report["models"].items():
         lines.append(f"| {model:<16} | {m['version']} | {m['normal_windows']} | {m['false_positive_windows']} | "
                      f"{_fmt(m['fpr'], '{:.4f}')} | {_fmt(m['precision'])} | {report['gradual_flagged_before_acute'][model]} |")
+    inc = report.get("model_alerts")
+    if inc:
+        lines += ["", "| model incident alerts | device-days | incidents | HIGH | true | data fault | false | per 1,000 "
+                  "device-days | false per 1,000 device-days |", "|---|---|---|---|---|---|---|---|---|",
+                  f"| ensemble | {inc['device_days']:.1f} | {inc['incidents']} | {inc['high']} | {inc['true']} | "
+                  f"{inc['data_fault']} | {inc['false']} | {_fmt(inc['per_1000_device_days'])} | "
+                  f"{_fmt(inc['false_per_1000_device_days'])} |"]
     if report["skipped_incidents"]:
         lines += ["", f"not judged (started before the scored span): {len(report['skipped_incidents'])}: "
                   + ", ".join(report["skipped_incidents"])]
@@ -216,7 +277,12 @@ def run(argv: list[str] | None = None) -> dict:
     truth_path = opts.ground_truth or str(Path(opts.lake.removeprefix("file://")).parent / "ground_truth"
                                           / "backfill.jsonl")
     since = cli.utc_datetime(opts.eval_from) if opts.eval_from else None
-    report = evaluate(load_scores(opts.lake, opts.window_size, since), load_truth(truth_path), since)
+    scores, truth = load_scores(opts.lake, opts.window_size, since), load_truth(truth_path)
+    report = evaluate(scores, truth, since)
+    alerts = load_alerts(opts.lake)
+    if alerts is not None:
+        span = tuple(dt.datetime.fromisoformat(t).timestamp() for t in report["span"])
+        report["model_alerts"] = incident_alerts(alerts, scores, truth, span)
     print(render(report))
     if opts.json:
         Path(opts.json).write_text(json.dumps(report, indent=2, sort_keys=True))

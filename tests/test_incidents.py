@@ -7,6 +7,7 @@ import datetime as dt
 import json
 
 import apache_beam as beam
+import pyarrow as pa
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
@@ -106,3 +107,27 @@ def test_the_incidents_dofn_groups_normal_and_anomalous_windows_of_a_device():
                | beam.FlatMap(lambda t: [(r["alert_id"], r["severity"]) for r in t.to_pylist()]))
         assert_that(out, equal_to([(incident_alert_id("d1", T0, OPEN), "WARNING"),
                                    (incident_alert_id("d1", T0, CLOSED), "WARNING")]))
+
+
+def test_evaluate_reports_incidents_per_1000_device_days_and_the_false_ones():
+    from pipelines.evaluate import incident_alerts
+    # 3 devices x 48 h of ensemble windows = 6 device-days
+    scores = pa.Table.from_pylist([{"device_id": d, "model": "ensemble", "window_start": T0 + h * H,
+                                    "window_end": T0 + (h + 1) * H} for d in ("a", "b", "c") for h in range(48)])
+    rows = []
+    for device, marks in (("a", "." * 10 + "wwwww.."), ("b", "." * 20 + "w.."), ("c", "ww.." + "." * 20 + "h..")):
+        rows += incident_rows(device, windows(marks), None, **KW)[0]
+    alerts = pa.Table.from_pylist(rows)
+    iso = lambda h: (T0 + h * H).isoformat()  # noqa: E731
+    truth = [{"kind": "failure", "mode": "bearing_wear", "category": "gradual", "device_id": "a",
+              "start": iso(12), "end": iso(30)},
+             {"kind": "data_fault", "mode": "out_of_range", "device_id": "b", "start": iso(20.5), "end": iso(20.6)},
+             {"kind": "failure", "mode": "current_spike", "category": "acute", "device_id": "c",
+              "start": iso(40), "end": iso(41)}]
+    for r in truth:
+        r["start_s"], r["end_s"] = (dt.datetime.fromisoformat(r[k]).timestamp() for k in ("start", "end"))
+    report = incident_alerts(alerts, scores, truth, (T0.timestamp(), (T0 + 48 * H).timestamp()))
+    # a: one incident (5 windows, escalated by persistence) on its failure; b: one on a data fault;
+    # c: a false one at 0 h and a HIGH one at 24 h (no failure then)
+    assert report == {"device_days": 6.0, "incidents": 4, "true": 1, "data_fault": 1, "false": 2, "high": 2,
+                      "per_1000_device_days": 4000 / 6, "false_per_1000_device_days": 2000 / 6}
