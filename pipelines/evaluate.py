@@ -29,6 +29,7 @@ already flagged by their gradual phase and are not scored separately.
 
 examples:
   python -m pipelines.evaluate --lake ./data/lake
+  python -m pipelines.evaluate --by_version          # champion and challengers side by side
   python -m pipelines.evaluate --window_size 1h --ground_truth ./data/ground_truth/backfill.jsonl --json report.json
 """
 from __future__ import annotations
@@ -49,7 +50,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from models import base as catalog
 from models.ensemble import ENSEMBLE, MODELS  # noqa: F401  (MODELS: the default models, for the report)
 from pipelines import cli
-from pipelines.options import LakeOptions, WindowSizeOptions
+from pipelines.options import LakeOptions, ModelsOptions, WindowSizeOptions
 from pipelines.simulation.incidents import ACUTE_MODES, GRADUAL_MODES
 from transforms import lake
 from transforms.scoring import MODEL_ALERT_RULE
@@ -67,7 +68,8 @@ def load_truth(path: str | Path) -> list[dict]:
     return rows
 
 
-def load_scores(lake_root: str, window_size: str, since: dt.datetime | None = None) -> pa.Table:
+def load_scores(lake_root: str, window_size: str, since: dt.datetime | None = None,
+                by_version: bool = False) -> pa.Table:
     table = lake.open_table(lake_root, "scores")
     if table is None:
         raise SystemExit("evaluate: no scores table")
@@ -77,15 +79,51 @@ def load_scores(lake_root: str, window_size: str, since: dt.datetime | None = No
     data = table.to_pyarrow_dataset().to_table(
         filter=expr, columns=["device_id", "window_start", "window_end", "model", "model_version", "score",
                               "threshold", "is_anomaly", "scored_at"])
-    # newest score per device x window x model (a window rescored after a late reading)
-    data = data.sort_by([("model", "ascending"), ("device_id", "ascending"), ("window_start", "ascending"),
-                         ("scored_at", "descending")])
-    key = [data[c].to_pylist() for c in ("model", "device_id", "window_start")]
+    # newest score per device x window x model (x model version with ``by_version``; a window rescored
+    # after a late reading)
+    cols = ["model", "model_version", "device_id", "window_start"] if by_version else \
+        ["model", "device_id", "window_start"]
+    data = data.sort_by([(c, "ascending") for c in cols] + [("scored_at", "descending")])
+    key = list(zip(*[data[c].to_pylist() for c in cols]))
     keep = np.ones(data.num_rows, bool)
     for i in range(1, data.num_rows):
-        if key[0][i] == key[0][i - 1] and key[1][i] == key[1][i - 1] and key[2][i] == key[2][i - 1]:
-            keep[i] = False
+        keep[i] = key[i] != key[i - 1]
     return data.filter(pa.array(keep))
+
+
+def compare_versions(scores: pa.Table, truth: list[dict], eval_from: dt.datetime | None = None,
+                     champions: dict[str, str] | None = None) -> list[dict]:
+    """Champion / challenger: one row per model x model version of the scores (keyed by version, see
+    ``load_scores(by_version=True)``), each judged by :func:`evaluate` on that version's rows over the
+    same span, in the catalog's model order and version order."""
+    span_from = eval_from or min(scores["window_start"].to_pylist())
+    pairs = sorted(set(zip(scores["model"].to_pylist(), scores["model_version"].to_pylist())))
+    order = {m: i for i, m in enumerate(list(catalog.names()) + [ENSEMBLE])}
+    out = []
+    for model, version in sorted(pairs, key=lambda p: (order.get(p[0], len(order)), p[0], p[1])):
+        part = scores.filter(pc.and_(pc.equal(scores["model"], model), pc.equal(scores["model_version"], version)))
+        r = evaluate(part, truth, span_from)
+        m = r["models"][model]
+        detected = sum(v["detected"] for v in m["modes"].values())
+        incidents = sum(v["incidents"] for v in m["modes"].values())
+        out.append({"model": model, "version": version,
+                    "champion": bool(champions and champions.get(model) == version),
+                    "windows": part.num_rows, "normal_windows": m["normal_windows"],
+                    "false_positive_windows": m["false_positive_windows"], "fpr": m["fpr"],
+                    "precision": m["precision"], "detected": detected, "incidents": incidents,
+                    "gradual_flagged_before_acute": r["gradual_flagged_before_acute"][model]})
+    return out
+
+
+def render_versions(rows: list[dict]) -> str:
+    lines = ["model versions side by side", "",
+             "| model | version | champion | windows | normal windows | false positives | FPR | window precision "
+             "| failures detected | gradual flagged before acute |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['model']} | {r['version']} | {'yes' if r['champion'] else ''} | {r['windows']} | "
+                     f"{r['normal_windows']} | {r['false_positive_windows']} | {_fmt(r['fpr'], '{:.4f}')} | "
+                     f"{_fmt(r['precision'])} | {r['detected']}/{r['incidents']} | {r['gradual_flagged_before_acute']} |")
+    return "\n".join(lines)
 
 
 def evaluate(scores: pa.Table, truth: list[dict], eval_from: dt.datetime | None = None) -> dict:
@@ -256,7 +294,7 @@ def render(report: dict) -> str:
     return "\n".join(lines)
 
 
-class EvaluateOptions(LakeOptions, WindowSizeOptions, PipelineOptions):
+class EvaluateOptions(LakeOptions, ModelsOptions, WindowSizeOptions, PipelineOptions):
     @classmethod
     def _add_argparse_args(cls, parser):
         g = parser.add_argument_group("evaluate")
@@ -265,6 +303,9 @@ class EvaluateOptions(LakeOptions, WindowSizeOptions, PipelineOptions):
         g.add_argument("--eval_from", default=None,
                        help="judge windows and incidents from this UTC time on (default: the first scored window)")
         g.add_argument("--json", default=None, help="also write the report as JSON to this file")
+        g.add_argument("--by_version", action="store_true", default=False,
+                       help="compare the model versions of the scores side by side (champion / challenger: "
+                            "versions scored with score --rescore), one row per model x version")
 
 
 def arg_parser():
@@ -277,7 +318,17 @@ def run(argv: list[str] | None = None) -> dict:
     truth_path = opts.ground_truth or str(Path(opts.lake.removeprefix("file://")).parent / "ground_truth"
                                           / "backfill.jsonl")
     since = cli.utc_datetime(opts.eval_from) if opts.eval_from else None
-    scores, truth = load_scores(opts.lake, opts.window_size, since), load_truth(truth_path)
+    truth = load_truth(truth_path)
+    if opts.by_version:
+        from models import registry
+        scores = load_scores(opts.lake, opts.window_size, since, by_version=True)
+        champions = {n: registry.champion(opts.models, n) for n in catalog.names()}
+        rows = compare_versions(scores, truth, since, champions)
+        print(render_versions(rows))
+        if opts.json:
+            Path(opts.json).write_text(json.dumps(rows, indent=2, sort_keys=True))
+        return {"versions": rows}
+    scores = load_scores(opts.lake, opts.window_size, since)
     report = evaluate(scores, truth, since)
     alerts = load_alerts(opts.lake)
     if alerts is not None:

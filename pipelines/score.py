@@ -2,7 +2,8 @@
 
 Each run scores the feature windows of one ``--window_size`` committed to the features table since
 the last run (the consumed version range is recorded in the scores and alerts commits), with one
-verified version of each model (default: the latest in ``--models``):
+verified version of each model (default: its champion, promoted by ``pipelines.train --promote``, else
+the latest in ``--models``):
 
   * Isolation Forest and the robust z-score model through Beam's ``SklearnModelHandlerNumpy``;
   * the autoencoder through a small Keras handler (models/handlers.py);
@@ -21,7 +22,7 @@ are read, as a bounded side input). Rerunning with nothing new is a no-op; after
 commits the rerun completes the lagging table with the same inputs and model versions.
 
 ``--rescore`` scores the windows the regular runs already scored again, with other versions
-(``--model_version NAME=VERSION ...``; unnamed models: the latest), into scores rows of their own:
+(``--model_version NAME=VERSION ...``; unnamed models: their champion, else the latest), into scores rows of their own:
 rows are keyed by (device, window, model, model_version), so a row of a version already scored is
 not written again and nothing is overwritten; no alerts. Each set of versions keeps its own progress
 (app ``score.<window>.rescore.<digest>``), so the regular runs' "nothing to do" is unaffected.
@@ -103,19 +104,21 @@ def rescore_app(window_size: str, models: list[ModelRef]) -> str:
     return f"{APP}.{window_size}.rescore.{_models_digest(models)}"
 
 
-def parse_model_versions(pairs: list[str]) -> dict[str, str] | None:
-    """NAME=VERSION items (``--model_version``, or comma-separated in ``--model_versions``) -> {name: version}."""
+def parse_model_versions(pairs: list[str], prog: str = "score", names=None) -> dict[str, str] | None:
+    """NAME=VERSION items (``--model_version``, or comma-separated in ``--model_versions``) -> {name: version};
+    ``names``: the models allowed (default: the default models)."""
+    names = tuple(ensemble.MODELS if names is None else names)
     out: dict[str, str] = {}
     for item in (x.strip() for p in pairs for x in p.split(",")):
         if not item:
             continue
         name, sep, version = item.partition("=")
         if not sep or not name or not version:
-            raise SystemExit(f"score: model version {item!r}: expected NAME=VERSION, e.g. autoencoder=v0002")
-        if name not in ensemble.MODELS:
-            raise SystemExit(f"score: unknown model {name!r} in {item!r} (models: {', '.join(ensemble.MODELS)})")
+            raise SystemExit(f"{prog}: model version {item!r}: expected NAME=VERSION, e.g. autoencoder=v0002")
+        if name not in names:
+            raise SystemExit(f"{prog}: unknown model {name!r} in {item!r} (models: {', '.join(names)})")
         if out.get(name, version) != version:
-            raise SystemExit(f"score: two versions given for {name}: {out[name]} and {version}")
+            raise SystemExit(f"{prog}: two versions given for {name}: {out[name]} and {version}")
         out[name] = version
     return out or None
 
@@ -383,7 +386,7 @@ class _ReadFeatureFile(beam.DoFn):
                                                 partition_values)
 
 
-class _JoinVersions(argparse.Action):
+class JoinVersions(argparse.Action):
     """Collects NAME=VERSION items into one comma-separated string (options travel to Beam as strings)."""
 
     def __call__(self, parser, namespace, values, option_string=None):
@@ -396,7 +399,7 @@ class ScoreOptions(LakeOptions, ModelsOptions, WindowSizeOptions, PipelineOption
         g = parser.add_argument_group("score")
         g.add_argument("--model_versions", default="",
                        help="pin versions, e.g. isolation_forest=v0002,autoencoder=v0002 (default: the latest of each)")
-        g.add_argument("--model_version", action=_JoinVersions, nargs="+", default="", metavar="NAME=VERSION",
+        g.add_argument("--model_version", action=JoinVersions, nargs="+", default="", metavar="NAME=VERSION",
                        help="pin model versions (repeatable; the same as items of --model_versions)")
         g.add_argument("--rescore", action="store_true",
                        help="score the windows already scored again with the given versions, into scores rows of "
