@@ -4,6 +4,13 @@ Input: the robust z-scores of a window (clipped); the network compresses them th
 bottleneck and reconstructs ``z / INPUT_SCALE``. Anomaly score = mean squared reconstruction error;
 a feature's contribution = its squared error (the features the model could not explain).
 Training is deterministic: fixed seeds, deterministic ops, one thread.
+
+Features that never varied in training (a BAD count, a range excess: 0 on every healthy device) carry
+nothing to learn: the network is trained on the others, and the saved model wraps it with two fixed
+linear layers, a selection of those inputs and a scatter back that reconstructs every constant
+feature as its training value. So a window that leaves that value (an overload beyond a sensor's
+range) has a reconstruction error there, and the network of a fleet without such readings is the
+one it would be without those features.
 """
 from __future__ import annotations
 
@@ -59,9 +66,33 @@ def prepare(z: np.ndarray) -> np.ndarray:
 def fit(z: np.ndarray, seed: int, epochs: int = 30, batch_size: int = 256, hidden: tuple[int, ...] = (16, 6)):
     deterministic(seed)
     x = prepare(z)
-    model = build(x.shape[1], hidden)
-    history = model.fit(x, x / INPUT_SCALE, epochs=epochs, batch_size=batch_size, shuffle=True, verbose=0)
+    varying = np.flatnonzero(np.ptp(x, axis=0) > 0) if len(x) else np.arange(x.shape[1])
+    if len(varying) == 0:
+        varying = np.arange(x.shape[1])
+    model = build(len(varying), hidden)
+    history = model.fit(x[:, varying], x[:, varying] / INPUT_SCALE, epochs=epochs, batch_size=batch_size,
+                        shuffle=True, verbose=0)
+    if len(varying) < x.shape[1]:
+        model = _with_constant_features(model, x.shape[1], varying, x[0] / INPUT_SCALE)
     return model, [float(v) for v in history.history["loss"]]
+
+
+def _with_constant_features(network, n_features: int, varying: np.ndarray, constant: np.ndarray):
+    """``network`` (on the ``varying`` inputs) as a model of all ``n_features``: fixed selection in,
+    fixed scatter out, the other features reconstructed as ``constant``."""
+    tf = _tf()
+    layers = tf.keras.layers
+    select = np.zeros((n_features, len(varying)), np.float32)
+    select[varying, np.arange(len(varying))] = 1.0
+    bias = np.asarray(constant, np.float32).copy()
+    bias[varying] = 0.0
+    inputs = tf.keras.Input(shape=(n_features,), name="z")
+    pick = layers.Dense(len(varying), use_bias=False, trainable=False, name="select_varying")
+    scatter = layers.Dense(n_features, trainable=False, name="constant_features")
+    outputs = scatter(network(pick(inputs)))
+    pick.set_weights([select])
+    scatter.set_weights([select.T.copy(), bias])
+    return tf.keras.Model(inputs, outputs, name="autoencoder_all_features")
 
 
 def errors(model, z: np.ndarray) -> np.ndarray:

@@ -14,7 +14,21 @@ step from its sensor's resolution (``resolution_floors``; a quantised feature ha
 every device and across the fleet) or, when coarser, the smallest step between the feature's
 distinct training values (a sensor coarser than its declared resolution).
 A device with too few training windows falls back to the fleet baseline (median and scale over all
-windows). Missing values
+windows).
+
+Readings flagged BAD or SUSPECT (an overload beyond the valid range, a stuck sensor) are left out of
+the GOOD statistics, so the models also see each sensor's quality columns (issue 14 item 6), each
+with a transform (``matrix``) and a scale floor of its own (``input_floors``): most devices have none
+of them in any training window, and a floor from the data would then collapse:
+
+  * ``all_max`` / ``all_min`` (extremes of readings of any quality) as the excess beyond the sensor's
+    valid range, max(all_max - valid_max, 0) and max(valid_min - all_min, 0): 0 for every reading in
+    range (so they do not repeat ``min``/``max``), the size of an overload otherwise; floor
+    ``RANGE_EXCESS_FLOOR`` x the valid range's span;
+  * ``bad_count`` / ``suspect_count`` as log2(1 + count) (a doubling of the count is one unit, so a
+    device sampled every second is not swamped by its counts); floor ``COUNT_FLOOR`` (>= 1).
+
+Missing values
 (a sensor without readings in a window) become z = 0 (no evidence), and z is clipped to +-clip.
 """
 from __future__ import annotations
@@ -31,8 +45,18 @@ from schemas.contracts import CROSS_FEATURES
 from schemas.sensors import SENSOR_TYPES, SENSORS
 
 MODEL_STATS = ("mean", "std", "min", "max", "slope")
+QUALITY_MODEL_STATS = ("all_min", "all_max", "bad_count", "suspect_count")
+COUNT_STATS = ("bad_count", "suspect_count")
 MODEL_FEATURES: tuple[str, ...] = tuple(f"{s}_{stat}" for s in SENSOR_TYPES for stat in MODEL_STATS) + \
-    tuple(CROSS_FEATURES)
+    tuple(CROSS_FEATURES) + tuple(f"{s}_{stat}" for s in SENSOR_TYPES for stat in QUALITY_MODEL_STATS)
+# the count features: a model sees log2(1 + count), scaled by at least COUNT_FLOOR (one doubling)
+COUNT_FEATURES: frozenset[str] = frozenset(f"{s}_{stat}" for s in SENSOR_TYPES for stat in COUNT_STATS)
+COUNT_FLOOR = 1.0
+# the extremes of all readings: a model sees their excess beyond the valid range, scaled by at least
+# this share of the range's span (vibration 0 .. 50 mm/s: 0.5 mm/s)
+RANGE_EXCESS: dict[str, tuple[str, str]] = {f"{s}_{stat}": (s, stat) for s in SENSOR_TYPES
+                                            for stat in ("all_min", "all_max")}
+RANGE_EXCESS_FLOOR = 0.01
 MAD_TO_SIGMA = 1.4826
 MEANAD_TO_SIGMA = 1.2533                # sqrt(pi / 2): mean absolute deviation -> sigma of a normal
 QUANTISATION_SIGMA = 12 ** -0.5         # the standard deviation of rounding to a step, in steps
@@ -65,12 +89,44 @@ def resolution_floors(columns, fleet_median: np.ndarray, window_s: float) -> np.
             rel = sum(SENSORS[s].resolution / max(level(s), SENSORS[s].resolution) for s in sensors)
             out[j] = SENSORS[sensors[0]].resolution if how == "absolute" else rel * max(med[c], rel)
             continue
-        sensor, stat = c.rsplit("_", 1)
-        if sensor not in SENSORS:
-            raise ValueError(f"feature {c!r}: no sensor to take its resolution from")
+        sensor, stat = sensor_stat(c)
+        if stat in COUNT_STATS:
+            out[j] = 1.0             # 0 -> 1 reading is one step of log2(1 + count)
+            continue
         res = SENSORS[sensor].resolution
         out[j] = res / (window_s / 60.0) if stat == "slope" else res
     return out
+
+
+def sensor_stat(column: str) -> tuple[str, str]:
+    """A per-sensor feature's (sensor, statistic): ``vibration_all_max`` -> ("vibration", "all_max")."""
+    for sensor in SENSORS:
+        if column.startswith(sensor + "_"):
+            return sensor, column[len(sensor) + 1:]
+    raise ValueError(f"feature {column!r}: no sensor to take its resolution from")
+
+
+def input_floors(columns) -> np.ndarray:
+    """Per feature, the scale floor of its own a quality feature has (module doc), 0 for the others."""
+    def floor(c: str) -> float:
+        if c in COUNT_FEATURES:
+            return COUNT_FLOOR
+        if c in RANGE_EXCESS:
+            spec = SENSORS[RANGE_EXCESS[c][0]]
+            return RANGE_EXCESS_FLOOR * (spec.valid_max - spec.valid_min)
+        return 0.0
+    return np.array([floor(c) for c in columns])
+
+
+def model_input(column: str, values: np.ndarray) -> np.ndarray:
+    """A feature column as the models see it: the quality columns transformed (module doc)."""
+    if column in COUNT_FEATURES:
+        return np.log2(1.0 + np.maximum(values, 0.0))
+    if column in RANGE_EXCESS:
+        spec = SENSORS[RANGE_EXCESS[column][0]]
+        excess = values - spec.valid_max if RANGE_EXCESS[column][1] == "all_max" else spec.valid_min - values
+        return np.maximum(excess, 0.0)      # NaN (no reading) stays NaN
+    return values
 
 
 def robust_location_spread(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -94,12 +150,16 @@ def observed_steps(x: np.ndarray) -> np.ndarray:
 
 
 def matrix(table: pa.Table, columns=MODEL_FEATURES) -> np.ndarray:
-    """The feature columns as a float64 matrix (NaN where null)."""
+    """The feature columns as a float64 matrix (NaN where null), as the models see them (``model_input``)."""
     if table.num_rows == 0:
         return np.zeros((0, len(columns)))
-    return np.column_stack([table[c].cast(pa.float64()).combine_chunks().to_numpy(zero_copy_only=False)
-                            .astype(np.float64) if c in table.column_names else np.full(table.num_rows, np.nan)
-                            for c in columns])
+
+    def column(c: str) -> np.ndarray:
+        if c not in table.column_names:
+            return np.full(table.num_rows, np.nan)
+        v = table[c].cast(pa.float64()).combine_chunks().to_numpy(zero_copy_only=False).astype(np.float64)
+        return model_input(c, v)
+    return np.column_stack([column(c) for c in columns])
 
 
 @dataclass
@@ -133,7 +193,7 @@ class DeviceBaseline:
             typical = np.nanmedian(spread, axis=0)      # typical within-device scale
         typical = np.where(np.isfinite(typical) & (typical > 0), typical, np.nan_to_num(fleet_scale))
         steps = np.maximum(observed_steps(x), resolution_floors(columns, fleet_median, window_s))
-        floor = np.maximum(floor_fraction * typical, QUANTISATION_SIGMA * steps)
+        floor = np.maximum(np.maximum(floor_fraction * typical, QUANTISATION_SIGMA * steps), input_floors(columns))
         fleet_scale = np.maximum(np.nan_to_num(fleet_scale), floor)
         scale = np.maximum(spread, floor)
         known = np.isfinite(med)

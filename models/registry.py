@@ -5,6 +5,11 @@ A version directory holds the model's files (artifact, device baseline...) and `
 every other file); ``metadata.sha256`` holds the digest of ``metadata.json`` itself. Versions are
 ``v0001``, ``v0002``...; a version is published by renaming a complete staging directory, so a
 reader never sees half a version. Loading verifies every digest and refuses a tampered version.
+
+Champion / challenger: ``<name>/champion.json`` names the version scoring uses by default (``promote``,
+``pipelines.train --promote``); other versions are challengers, scored side by side with
+``pipelines.score --rescore --model_version NAME=VERSION``. Without a champion the latest version is
+the default (registries from before promotion).
 """
 from __future__ import annotations
 
@@ -19,6 +24,7 @@ from pathlib import Path
 
 METADATA = "metadata.json"
 METADATA_DIGEST = "metadata.sha256"
+CHAMPION = "champion.json"
 _VERSION = re.compile(r"^v(\d{4,})$")
 
 
@@ -113,9 +119,39 @@ def verify(path: str | Path) -> dict:
     return meta
 
 
+def champion(root: str | Path, name: str) -> str | None:
+    """The promoted version of ``name`` (None when none was promoted)."""
+    path = Path(root) / name / CHAMPION
+    if not path.exists():
+        return None
+    version = json.loads(path.read_text())["version"]
+    if not (Path(root) / name / version).is_dir():
+        raise FileNotFoundError(f"{path}: the champion {version} of model {name!r} does not exist")
+    return version
+
+
+def default_version(root: str | Path, name: str) -> str | None:
+    """The version scoring uses when none is pinned: the champion, else the latest."""
+    return champion(root, name) or latest_version(root, name)
+
+
+def promote(root: str | Path, name: str, version: str, **info) -> dict:
+    """Makes ``version`` (verified first) the champion of ``name``; returns the record written. The file
+    is replaced atomically (a reader sees the old or the new champion)."""
+    path = Path(root) / name / version
+    if not path.is_dir():
+        raise FileNotFoundError(f"no version {version} of model {name!r} under {root}")
+    verify(path)
+    record = dict(info, name=name, version=version, previous=champion(root, name))
+    staging = Path(root) / name / f".{CHAMPION}.{uuid.uuid4().hex}"
+    staging.write_text(json.dumps(record, indent=2, sort_keys=True, default=str) + "\n")
+    os.replace(staging, Path(root) / name / CHAMPION)
+    return record
+
+
 def load(root: str | Path, name: str, version: str | None = None) -> ModelVersion:
-    """A verified version of ``name`` (default: the latest)."""
-    version = version or latest_version(root, name)
+    """A verified version of ``name`` (default: the champion, else the latest)."""
+    version = version or default_version(root, name)
     if version is None:
         raise FileNotFoundError(f"no versions of model {name!r} under {root}")
     path = Path(root) / name / version

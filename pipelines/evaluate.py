@@ -21,12 +21,18 @@ ensemble):
     F1, false-alarm rate FP / (FP + TN) and missed-alarm rate FN / (FN + TP), the measures of
     labelled benchmarks such as SKAB.
 
+Model alerts (the alerts table, rule MODEL_ENSEMBLE): incidents (one OPEN row each) per 1,000
+device-days scored, and the false ones separately: an incident is true when it overlaps a failure of
+its device (gradual damage persists), a data fault one when it overlaps only a data fault, false
+otherwise (``incident_alerts``).
+
 Windows that overlap a data fault (stuck value, dropout, duplicates, replay, out-of-range) are
 neither TP nor FP. Acute failures that follow a gradual one ("acute_after_gradual") are on devices
 already flagged by their gradual phase and are not scored separately.
 
 examples:
   python -m pipelines.evaluate --lake ./data/lake
+  python -m pipelines.evaluate --by_version          # champion and challengers side by side
   python -m pipelines.evaluate --window_size 1h --ground_truth ./data/ground_truth/backfill.jsonl --json report.json
 """
 from __future__ import annotations
@@ -47,9 +53,10 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from models import base as catalog
 from models.ensemble import ENSEMBLE, MODELS  # noqa: F401  (MODELS: the default models, for the report)
 from pipelines import cli
-from pipelines.options import LakeOptions, WindowSizeOptions
+from pipelines.options import LakeOptions, ModelsOptions, WindowSizeOptions
 from simulation.incidents import ACUTE_MODES, GRADUAL_MODES
 from core import lake
+from transforms.scoring import MODEL_ALERT_RULE
 
 log = logging.getLogger("evaluate")
 ROW_FAULTS = ("stuck_value", "dropout", "duplicates", "replay", "out_of_range")
@@ -64,7 +71,8 @@ def load_truth(path: str | Path) -> list[dict]:
     return rows
 
 
-def load_scores(lake_root: str, window_size: str, since: dt.datetime | None = None) -> pa.Table:
+def load_scores(lake_root: str, window_size: str, since: dt.datetime | None = None,
+                by_version: bool = False) -> pa.Table:
     table = lake.open_table(lake_root, "scores")
     if table is None:
         raise SystemExit("evaluate: no scores table")
@@ -74,15 +82,51 @@ def load_scores(lake_root: str, window_size: str, since: dt.datetime | None = No
     data = table.to_pyarrow_dataset().to_table(
         filter=expr, columns=["device_id", "window_start", "window_end", "model", "model_version", "score",
                               "threshold", "is_anomaly", "scored_at"])
-    # newest score per device x window x model (a window rescored after a late reading)
-    data = data.sort_by([("model", "ascending"), ("device_id", "ascending"), ("window_start", "ascending"),
-                         ("scored_at", "descending")])
-    key = [data[c].to_pylist() for c in ("model", "device_id", "window_start")]
+    # newest score per device x window x model (x model version with ``by_version``; a window rescored
+    # after a late reading)
+    cols = ["model", "model_version", "device_id", "window_start"] if by_version else \
+        ["model", "device_id", "window_start"]
+    data = data.sort_by([(c, "ascending") for c in cols] + [("scored_at", "descending")])
+    key = list(zip(*[data[c].to_pylist() for c in cols]))
     keep = np.ones(data.num_rows, bool)
     for i in range(1, data.num_rows):
-        if key[0][i] == key[0][i - 1] and key[1][i] == key[1][i - 1] and key[2][i] == key[2][i - 1]:
-            keep[i] = False
+        keep[i] = key[i] != key[i - 1]
     return data.filter(pa.array(keep))
+
+
+def compare_versions(scores: pa.Table, truth: list[dict], eval_from: dt.datetime | None = None,
+                     champions: dict[str, str] | None = None) -> list[dict]:
+    """Champion / challenger: one row per model x model version of the scores (keyed by version, see
+    ``load_scores(by_version=True)``), each judged by :func:`evaluate` on that version's rows over the
+    same span, in the catalog's model order and version order."""
+    span_from = eval_from or min(scores["window_start"].to_pylist())
+    pairs = sorted(set(zip(scores["model"].to_pylist(), scores["model_version"].to_pylist())))
+    order = {m: i for i, m in enumerate(list(catalog.names()) + [ENSEMBLE])}
+    out = []
+    for model, version in sorted(pairs, key=lambda p: (order.get(p[0], len(order)), p[0], p[1])):
+        part = scores.filter(pc.and_(pc.equal(scores["model"], model), pc.equal(scores["model_version"], version)))
+        r = evaluate(part, truth, span_from)
+        m = r["models"][model]
+        detected = sum(v["detected"] for v in m["modes"].values())
+        incidents = sum(v["incidents"] for v in m["modes"].values())
+        out.append({"model": model, "version": version,
+                    "champion": bool(champions and champions.get(model) == version),
+                    "windows": part.num_rows, "normal_windows": m["normal_windows"],
+                    "false_positive_windows": m["false_positive_windows"], "fpr": m["fpr"],
+                    "precision": m["precision"], "detected": detected, "incidents": incidents,
+                    "gradual_flagged_before_acute": r["gradual_flagged_before_acute"][model]})
+    return out
+
+
+def render_versions(rows: list[dict]) -> str:
+    lines = ["model versions side by side", "",
+             "| model | version | champion | windows | normal windows | false positives | FPR | window precision "
+             "| failures detected | gradual flagged before acute |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['model']} | {r['version']} | {'yes' if r['champion'] else ''} | {r['windows']} | "
+                     f"{r['normal_windows']} | {r['false_positive_windows']} | {_fmt(r['fpr'], '{:.4f}')} | "
+                     f"{_fmt(r['precision'])} | {r['detected']}/{r['incidents']} | {r['gradual_flagged_before_acute']} |")
+    return "\n".join(lines)
 
 
 def evaluate(scores: pa.Table, truth: list[dict], eval_from: dt.datetime | None = None) -> dict:
@@ -190,6 +234,54 @@ def _skipped_by_mode(skipped: list[str]) -> str:
     return ", ".join(f"{mode} {n}" for mode, n in sorted(counts.items()))
 
 
+def load_alerts(lake_root: str) -> pa.Table | None:
+    """The model alerts of the alerts table (None without a table)."""
+    table = lake.open_table(lake_root, "alerts")
+    if table is None:
+        return None
+    return table.to_pyarrow_dataset().to_table(filter=pads.field("rule") == MODEL_ALERT_RULE,
+                                               columns=["device_id", "severity", "event_time", "context"])
+
+
+def incident_alerts(alerts: pa.Table, scores: pa.Table, truth: list[dict], span: tuple[float, float]) -> dict:
+    """Model incidents opened in ``span`` (epoch s) per 1,000 device-days scored there, false ones
+    separately (module doc). Device-days: the ensemble's scored windows x their length."""
+    lo, hi = span
+    ens = scores.filter(pc.equal(scores["model"], ENSEMBLE)) if ENSEMBLE in set(scores["model"].to_pylist()) else scores
+    ws = np.array([t.timestamp() for t in ens["window_start"].to_pylist()])
+    we = np.array([t.timestamp() for t in ens["window_end"].to_pylist()])
+    inside = ws >= lo
+    device_days = float((we[inside] - ws[inside]).sum()) / 86400.0
+    failures, faults = defaultdict(list), defaultdict(list)
+    for r in truth:
+        if r["kind"] == "failure":
+            failures[r["device_id"]].append((r["start_s"], np.inf if r["category"] == "gradual" else r["end_s"]))
+        elif r["kind"] == "data_fault" and r["mode"] in ROW_FAULTS:
+            faults[r["device_id"]].append((r["start_s"], r["end_s"]))
+    incidents: dict[tuple, dict] = {}
+    for d, sev, t, ctx in zip(*[alerts[c].to_pylist() for c in ("device_id", "severity", "event_time", "context")]):
+        c = json.loads(ctx or "{}")
+        status = c.get("status") or ("OPEN" if sev == "WARNING" else "ESCALATED")     # rows before incidents
+        first = dt.datetime.fromisoformat(c["first_window_start"]).timestamp() if "first_window_start" in c \
+            else t.timestamp()
+        inc = incidents.setdefault((d, first), {"device_id": d, "start": first, "end": hi, "high": False,
+                                                "opened": False})
+        inc["opened"] |= status == "OPEN"
+        inc["high"] |= sev == "HIGH"
+        if status == "CLOSED" and "last_window_end" in c:
+            inc["end"] = dt.datetime.fromisoformat(c["last_window_end"]).timestamp()
+    judged = [i for i in incidents.values() if i["opened"] and lo <= i["start"] < hi]
+    overlaps = lambda spans, i: any(s < i["end"] and e > i["start"] for s, e in spans)  # noqa: E731
+    true = sum(overlaps(failures.get(i["device_id"], []), i) for i in judged)
+    fault = sum(not overlaps(failures.get(i["device_id"], []), i) and overlaps(faults.get(i["device_id"], []), i)
+                for i in judged)
+    false = len(judged) - true - fault
+    per = lambda n: 1000.0 * n / device_days if device_days else None  # noqa: E731
+    return {"device_days": round(device_days, 3), "incidents": len(judged), "true": true, "data_fault": fault,
+            "false": false, "high": sum(i["high"] for i in judged),
+            "per_1000_device_days": per(len(judged)), "false_per_1000_device_days": per(false)}
+
+
 def _fmt(v, pattern="{:.2f}") -> str:
     return "-" if v is None else pattern.format(v)
 
@@ -216,13 +308,20 @@ def render(report: dict) -> str:
         pw = m["pointwise"]
         lines.append(f"| {model:<16} | {_fmt(pw['f1'], '{:.3f}')} | {_fmt(pw['false_alarm_rate'], '{:.2%}')} | "
                      f"{_fmt(pw['missed_alarm_rate'], '{:.2%}')} | {pw['tp']} | {pw['fp']} | {pw['fn']} | {pw['tn']} |")
+    inc = report.get("model_alerts")
+    if inc:
+        lines += ["", "| model incident alerts | device-days | incidents | HIGH | true | data fault | false | per 1,000 "
+                  "device-days | false per 1,000 device-days |", "|---|---|---|---|---|---|---|---|---|",
+                  f"| ensemble | {inc['device_days']:.1f} | {inc['incidents']} | {inc['high']} | {inc['true']} | "
+                  f"{inc['data_fault']} | {inc['false']} | {_fmt(inc['per_1000_device_days'])} | "
+                  f"{_fmt(inc['false_per_1000_device_days'])} |"]
     if report["skipped_incidents"]:
         lines += ["", f"not judged (started before the scored span, listed in the JSON report): "
                       f"{len(report['skipped_incidents'])}: {_skipped_by_mode(report['skipped_incidents'])}"]
     return "\n".join(lines)
 
 
-class EvaluateOptions(LakeOptions, WindowSizeOptions, PipelineOptions):
+class EvaluateOptions(LakeOptions, ModelsOptions, WindowSizeOptions, PipelineOptions):
     @classmethod
     def _add_argparse_args(cls, parser):
         g = parser.add_argument_group("evaluate")
@@ -231,6 +330,9 @@ class EvaluateOptions(LakeOptions, WindowSizeOptions, PipelineOptions):
         g.add_argument("--eval_from", default=None,
                        help="judge windows and incidents from this UTC time on (default: the first scored window)")
         g.add_argument("--json", default=None, help="also write the report as JSON to this file")
+        g.add_argument("--by_version", action="store_true", default=False,
+                       help="compare the model versions of the scores side by side (champion / challenger: "
+                            "versions scored with score --rescore), one row per model x version")
 
 
 def arg_parser():
@@ -243,7 +345,22 @@ def run(argv: list[str] | None = None) -> dict:
     truth_path = opts.ground_truth or str(Path(opts.lake.removeprefix("file://")).parent / "ground_truth"
                                           / "backfill.jsonl")
     since = cli.utc_datetime(opts.eval_from) if opts.eval_from else None
-    report = evaluate(load_scores(opts.lake, opts.window_size, since), load_truth(truth_path), since)
+    truth = load_truth(truth_path)
+    if opts.by_version:
+        from models import registry
+        scores = load_scores(opts.lake, opts.window_size, since, by_version=True)
+        champions = {n: registry.champion(opts.models, n) for n in catalog.names()}
+        rows = compare_versions(scores, truth, since, champions)
+        print(render_versions(rows))
+        if opts.json:
+            Path(opts.json).write_text(json.dumps(rows, indent=2, sort_keys=True))
+        return {"versions": rows}
+    scores = load_scores(opts.lake, opts.window_size, since)
+    report = evaluate(scores, truth, since)
+    alerts = load_alerts(opts.lake)
+    if alerts is not None:
+        span = tuple(dt.datetime.fromisoformat(t).timestamp() for t in report["span"])
+        report["model_alerts"] = incident_alerts(alerts, scores, truth, span)
     print(render(report))
     if opts.json:
         Path(opts.json).write_text(json.dumps(report, indent=2, sort_keys=True))

@@ -2,7 +2,8 @@
 
 Each run scores the feature windows of one ``--window_size`` committed to the features table since
 the last run (the consumed version range is recorded in the scores and alerts commits), with one
-verified version of each model (default: the latest in ``--models``):
+verified version of each model (default: its champion, promoted by ``pipelines.train --promote``, else
+the latest in ``--models``):
 
   * Isolation Forest and the robust z-score model through Beam's ``SklearnModelHandlerNumpy``;
   * the autoencoder through a small Keras handler (models/handlers.py);
@@ -12,14 +13,16 @@ verified version of each model (default: the latest in ``--models``):
 Elements are blocks of windows (numpy matrices), not single rows. Output, one Delta commit per table
 per run, idempotent by commit id: ``scores`` (one row per window x model and the ensemble, with the
 model version, score, threshold, is_anomaly and the top contributing features of anomalous windows)
-and ``alerts`` (rule MODEL_ENSEMBLE: WARNING when an anomalous episode of a device starts, HIGH when
-it first reaches HIGH; an alert already in the table, e.g. of a window rescored after late data, is
+and ``alerts`` (rule MODEL_ENSEMBLE, one incident per run of anomalous windows of a device: an OPEN
+row (WARNING) when it starts, one ESCALATED row (HIGH) when it reaches HIGH or lasts ``--escalate_after``
+windows, a CLOSED row when the device is normal again; status, incident id and top contributing
+sensors in ``context``; an open incident continues across runs; an alert already in the table, e.g. of a window rescored after late data, is
 not written again: its id is deterministic, so only the model alerts of the scored windows' days
 are read, as a bounded side input). Rerunning with nothing new is a no-op; after a crash between the two
 commits the rerun completes the lagging table with the same inputs and model versions.
 
 ``--rescore`` scores the windows the regular runs already scored again, with other versions
-(``--model_version NAME=VERSION ...``; unnamed models: the latest), into scores rows of their own:
+(``--model_version NAME=VERSION ...``; unnamed models: their champion, else the latest), into scores rows of their own:
 rows are keyed by (device, window, model, model_version), so a row of a version already scored is
 not written again and nothing is overwritten; no alerts. Each set of versions keeps its own progress
 (app ``score.<window>.rescore.<digest>``), so the regular runs' "nothing to do" is unaffected.
@@ -56,7 +59,7 @@ from pipelines.options import LakeOptions, ModelsOptions, WindowSizeOptions
 from transforms import delta
 from core import lake
 from transforms.arrow import ReadParquetChunks, SideTable
-from transforms.scoring import APP, ModelRef, ScoreWindows, ensemble_version
+from transforms.scoring import APP, MODEL_ALERT_RULE, ModelRef, ScoreWindows, ensemble_version, incident_rows
 
 log = logging.getLogger("score")
 WINDOW_SECONDS = {"30s": 30, "1m": 60, "5m": 300, "15m": 900, "30m": 1800, "1h": 3600, "6h": 21600, "1d": 86400}
@@ -102,19 +105,21 @@ def rescore_app(window_size: str, models: list[ModelRef]) -> str:
     return f"{APP}.{window_size}.rescore.{_models_digest(models)}"
 
 
-def parse_model_versions(pairs: list[str]) -> dict[str, str] | None:
-    """NAME=VERSION items (``--model_version``, or comma-separated in ``--model_versions``) -> {name: version}."""
+def parse_model_versions(pairs: list[str], prog: str = "score", names=None) -> dict[str, str] | None:
+    """NAME=VERSION items (``--model_version``, or comma-separated in ``--model_versions``) -> {name: version};
+    ``names``: the models allowed (default: the default models)."""
+    names = tuple(ensemble.MODELS if names is None else names)
     out: dict[str, str] = {}
     for item in (x.strip() for p in pairs for x in p.split(",")):
         if not item:
             continue
         name, sep, version = item.partition("=")
         if not sep or not name or not version:
-            raise SystemExit(f"score: model version {item!r}: expected NAME=VERSION, e.g. autoencoder=v0002")
-        if name not in ensemble.MODELS:
-            raise SystemExit(f"score: unknown model {name!r} in {item!r} (models: {', '.join(ensemble.MODELS)})")
+            raise SystemExit(f"{prog}: model version {item!r}: expected NAME=VERSION, e.g. autoencoder=v0002")
+        if name not in names:
+            raise SystemExit(f"{prog}: unknown model {name!r} in {item!r} (models: {', '.join(names)})")
         if out.get(name, version) != version:
-            raise SystemExit(f"score: two versions given for {name}: {out[name]} and {version}")
+            raise SystemExit(f"{prog}: two versions given for {name}: {out[name]} and {version}")
         out[name] = version
     return out or None
 
@@ -182,39 +187,59 @@ def plan_rescore(lake_root: str, models_root: str, window_size: str, requested: 
 
 
 def prior_state(lake_root: str, window_size: str, files: list[delta.DeltaFile], version: int | None = None,
-                high_factor: float = ensemble.DEFAULT_HIGH_FACTOR, prefer_version: str | None = None) -> dict:
-    """Each device's last scored ensemble window (end, severity) from the days before the new windows,
-    in the scores table at ``version`` (default: the latest)."""
+                high_factor: float = ensemble.DEFAULT_HIGH_FACTOR, prefer_version: str | None = None, *,
+                gap: int = 2, escalate_after: int = 6, top_k: int = 3, max_lookback_days: int = 64) -> dict:
+    """Each device's incident still open before the new windows (device -> Incident), replayed by
+    :func:`transforms.scoring.incident_rows` from the ensemble rows of the scores table at ``version``
+    (default: the latest). The days read start 2 days before the new windows and double while an
+    incident reaches back to the first day read (up to ``max_lookback_days``)."""
     if version is not None and version < 0:
         return {}
     scores = lake.open_table(lake_root, "scores", version)
     dates = [str(dict(f.partition_values).get("date")) for f in files]
     if scores is None or not dates:
         return {}
-    since = dt.date.fromisoformat(min(dates)) - dt.timedelta(days=2)
+    first = dt.date.fromisoformat(min(dates))
+    window_s = window_seconds(window_size)
     ds = scores.to_pyarrow_dataset()
-    expr = ((pads.field("date") >= pa.scalar(since, pa.date32())) & (pads.field("model") == ensemble.ENSEMBLE)
-            & (pads.field("window_size") == window_size))
-    rows = ds.to_table(filter=expr, columns=["device_id", "window_start", "window_end", "score", "is_anomaly",
-                                             "model_version"])
-    if rows.num_rows == 0:
-        return {}
-    if prefer_version:      # a window rescored by other versions: the row of the versions in use wins
-        rows = rows.append_column("preferred", pc.equal(rows["model_version"], prefer_version))
-    else:
-        rows = rows.append_column("preferred", pa.array(np.zeros(rows.num_rows, dtype=bool)))
-    rows = rows.sort_by([("device_id", "ascending"), ("window_start", "ascending"), ("preferred", "ascending")])
-    out = {}
-    for d, end, score, anomalous in zip(rows["device_id"].to_pylist(), rows["window_end"].to_pylist(),
-                                        rows["score"].to_pylist(), rows["is_anomaly"].to_pylist()):
-        out[d] = {"window_end": end, "severity": "" if not anomalous else
-                  ("HIGH" if score >= high_factor else "WARNING")}
-    return {d: v for d, v in out.items() if v["severity"]}
+    lookback = 2
+    while True:
+        since = first - dt.timedelta(days=lookback)
+        expr = ((pads.field("date") >= pa.scalar(since, pa.date32())) & (pads.field("model") == ensemble.ENSEMBLE)
+                & (pads.field("window_size") == window_size))
+        rows = ds.to_table(filter=expr, columns=["device_id", "window_start", "window_end", "score", "is_anomaly",
+                                                 "model_version", "top_features"])
+        if rows.num_rows == 0:
+            return {}
+        # a window rescored by other versions: the row of the versions in use wins
+        preferred = pc.equal(rows["model_version"], prefer_version) if prefer_version else \
+            pa.array(np.zeros(rows.num_rows, dtype=bool))
+        rows = rows.append_column("preferred", preferred).sort_by(
+            [("device_id", "ascending"), ("window_start", "ascending"), ("preferred", "descending")])
+        by_device: dict[str, list[dict]] = {}
+        for r in rows.to_pylist():
+            ws = by_device.setdefault(r["device_id"], [])
+            if ws and ws[-1]["window_start"] == r["window_start"]:
+                continue
+            ws.append({"window_start": r["window_start"], "window_end": r["window_end"], "score": r["score"],
+                       "anomalous": r["is_anomaly"], "top_features": r["top_features"] or []})
+        out = {}
+        for device, windows in by_device.items():
+            _, inc = incident_rows(device, windows, None, window_s=window_s, gap=gap, high_factor=high_factor,
+                                   escalate_after=escalate_after, detected_at=dt.datetime.now(dt.timezone.utc),
+                                   top_k=top_k)
+            if inc is not None:
+                out[device] = inc
+        since_dt = dt.datetime.combine(since, dt.time(tzinfo=dt.timezone.utc))
+        if lookback >= max_lookback_days or not any(
+                inc.first_start <= since_dt + dt.timedelta(seconds=window_s) for inc in out.values()):
+            return out
+        lookback *= 2
 
 
-MODEL_ALERT_RULE = "MODEL_ENSEMBLE"
-# alert ids are deterministic from (device, rule, severity, window start): only a model alert whose
-# event time lies in the scored windows' days can collide; the margin absorbs stats rounding
+# incident alert ids are deterministic from (device, rule, first window, status) and a row's event time
+# is the start of a window of this run: only a model alert whose event time lies in the scored windows'
+# days can collide; the margin absorbs stats rounding
 KNOWN_ALERT_MARGIN = dt.timedelta(days=1)
 
 
@@ -362,7 +387,7 @@ class _ReadFeatureFile(beam.DoFn):
                                                 partition_values)
 
 
-class _JoinVersions(argparse.Action):
+class JoinVersions(argparse.Action):
     """Collects NAME=VERSION items into one comma-separated string (options travel to Beam as strings)."""
 
     def __call__(self, parser, namespace, values, option_string=None):
@@ -375,7 +400,7 @@ class ScoreOptions(LakeOptions, ModelsOptions, WindowSizeOptions, PipelineOption
         g = parser.add_argument_group("score")
         g.add_argument("--model_versions", default="",
                        help="pin versions, e.g. isolation_forest=v0002,autoencoder=v0002 (default: the latest of each)")
-        g.add_argument("--model_version", action=_JoinVersions, nargs="+", default="", metavar="NAME=VERSION",
+        g.add_argument("--model_version", action=JoinVersions, nargs="+", default="", metavar="NAME=VERSION",
                        help="pin model versions (repeatable; the same as items of --model_versions)")
         g.add_argument("--rescore", action="store_true",
                        help="score the windows already scored again with the given versions, into scores rows of "
@@ -387,7 +412,11 @@ class ScoreOptions(LakeOptions, ModelsOptions, WindowSizeOptions, PipelineOption
                        help="ensemble score (median of score/threshold) from which an alert is HIGH")
         g.add_argument("--top_k", type=int, default=3, help="top contributing features kept per anomalous window")
         g.add_argument("--episode_gap", type=int, default=2,
-                       help="anomalous windows at most this many windows apart belong to one episode (one alert)")
+                       help="anomalous windows at most this many windows apart belong to one incident; it closes "
+                            "once the device's windows are this many windows past its last anomalous one")
+        g.add_argument("--escalate_after", type=int, default=6,
+                       help="an incident escalates WARNING -> HIGH once it reaches HIGH or lasts this many "
+                            "anomalous windows")
 
 
 def _scored(pipeline, plan: ScorePlan, opts) -> dict:
@@ -402,10 +431,12 @@ def _scored(pipeline, plan: ScorePlan, opts) -> dict:
         if "scores" not in plan.tables:
             prior_version = lake.find_commit(opts.lake, "scores", plan.commit_id("scores")) - 1
         prior = prior_state(opts.lake, plan.window_size, plan.files, prior_version, opts.high_factor,
-                            prefer_version=ensemble_version(plan.models))
+                            prefer_version=ensemble_version(plan.models), gap=opts.episode_gap,
+                            escalate_after=opts.escalate_after, top_k=opts.top_k)
     out = tables | "Score" >> ScoreWindows(plan.models, plan.window_size, window_seconds(plan.window_size),
                                            block_rows=opts.block_rows, high_factor=opts.high_factor,
-                                           top_k=opts.top_k, episode_gap=opts.episode_gap, prior=prior)
+                                           top_k=opts.top_k, episode_gap=opts.episode_gap, prior=prior,
+                                           escalate_after=opts.escalate_after)
     span = scored_span(plan.files)
     if plan.rescore:      # rows of these versions already written (e.g. a model the regular runs use) stay
         written = pipeline | "ScoredKeys" >> ScoredKeys(opts.lake, span, plan.models)

@@ -30,7 +30,13 @@ the reason (``--force`` registers anyway). Devices with fewer than
 ``--min_windows`` training windows are listed one by one (they are scored against the fleet
 baseline) and counted in the summary.
 
+Champion / challenger (models/registry.py): ``--promote`` makes the versions this run saves the
+champions that ``pipelines.score`` uses by default; without it they are challengers (score them side
+by side with ``score --rescore --model_version NAME=VERSION`` and compare with ``evaluate --by_version``).
+``--promote_version NAME=VERSION ...`` promotes existing versions without training.
+
 examples:
+  python -m pipelines.train --promote_version autoencoder=v0003
   python -m pipelines.train --dataset ./data/lake/training/features-2026-10-18-2026-10-22-v3-...
   python -m pipelines.train --start 2026-10-18 --end 2026-10-22 --window_size 1h --models ./data/models
 """
@@ -52,6 +58,7 @@ from models import registry
 from models.features import BASELINE_FILE, MODEL_FEATURES, DeviceBaseline, matrix
 from pipelines import cli
 from pipelines.options import MODEL_WINDOW, LakeOptions, ModelsOptions, SpanOptions, WindowSizeOptions
+from pipelines.score import JoinVersions, parse_model_versions
 
 log = logging.getLogger("train")
 
@@ -149,9 +156,10 @@ def _fleet_fallback(devices: np.ndarray, min_windows: int) -> dict[str, int]:
 
 
 def train(features: pa.Table, manifest: dict, models_root: str, params: TrainParams = TrainParams(),
-          names: tuple[str, ...] | None = None, force: bool = False) -> dict[str, registry.ModelVersion]:
+          names: tuple[str, ...] | None = None, force: bool = False,
+          promote: bool = False) -> dict[str, registry.ModelVersion]:
     """Fits the models (default: the catalog's default ones) on feature windows and saves one new
-    version of each; returns them. Nothing is saved when a model flags more than
+    version of each (``promote``: as the champions); returns them. Nothing is saved when a model flags more than
     ``params.max_flag_ratio`` x its target of its own training windows (ModelRefused), unless ``force``."""
     names = catalog.default_names() if names is None else names
     for name in names:
@@ -208,7 +216,16 @@ def train(features: pa.Table, manifest: dict, models_root: str, params: TrainPar
                  version.version, threshold, metrics["train_flag_rate"], metrics["target_flag_rate"],
                  metrics["windows"])
         out[name] = version
+    if promote:
+        for name, version in out.items():
+            promote_version(models_root, name, version.version)
     return out
+
+
+def promote_version(models_root: str, name: str, version: str) -> dict:
+    record = registry.promote(models_root, name, version, promoted_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+    log.info("promoted %s %s to champion (was %s)", name, version, record["previous"])
+    return record
 
 
 class TrainOptions(LakeOptions, ModelsOptions, WindowSizeOptions, SpanOptions, PipelineOptions):
@@ -236,6 +253,10 @@ class TrainOptions(LakeOptions, ModelsOptions, WindowSizeOptions, SpanOptions, P
         g.add_argument("--max_flag_ratio", type=float, default=3.0,
                        help="refuse to register the models when one flags more than this x its target "
                             "(1 - --threshold_quantile) of its own training windows")
+        g.add_argument("--promote", action="store_true", default=False,
+                       help="make the versions this run saves the champions scoring uses by default")
+        g.add_argument("--promote_version", action=JoinVersions, nargs="+", default="", metavar="NAME=VERSION",
+                       help="promote these existing versions to champion (no training)")
         g.add_argument("--force", action="store_true", default=False,
                        help="register the models even when one is above --max_flag_ratio (recorded in its metadata)")
 
@@ -248,6 +269,12 @@ def run(argv: list[str] | None = None) -> dict[str, registry.ModelVersion]:
     from transforms import extraction as et
     options = cli.pipeline_options(arg_parser(), argv)
     opts = options.view_as(TrainOptions)
+    if opts.promote_version:
+        pinned = parse_model_versions([opts.promote_version], "train", catalog.names())
+        records = {n: promote_version(opts.models, n, v) for n, v in pinned.items()}
+        print("TRAIN_SUMMARY " + json.dumps({"promoted": {n: {"version": r["version"], "previous": r["previous"]}
+                                                          for n, r in records.items()}}, sort_keys=True))
+        return {n: registry.load(opts.models, n, v) for n, v in pinned.items()}
     dataset = opts.dataset
     if not dataset:
         if not opts.start:
@@ -265,8 +292,8 @@ def run(argv: list[str] | None = None) -> dict[str, registry.ModelVersion]:
                          clean_z=opts.clean_z, max_flag_ratio=opts.max_flag_ratio)
     started = time.monotonic()
     names = tuple(n.strip() for n in opts.model_names.split(",") if n.strip()) if opts.model_names else None
-    out = train(features, manifest, opts.models, params, names, force=opts.force)
-    summary = {n: {"version": v.version, "threshold": v.metadata["threshold"],
+    out = train(features, manifest, opts.models, params, names, force=opts.force, promote=opts.promote)
+    summary = {n: {"version": v.version, "threshold": v.metadata["threshold"], "champion": registry.champion(opts.models, n),
                    "train_flag_rate": v.metadata["metrics"]["train_flag_rate"],
                    "target_flag_rate": v.metadata["metrics"]["target_flag_rate"], "path": str(v.path)}
                for n, v in out.items()}

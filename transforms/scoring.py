@@ -3,8 +3,14 @@ scores rows and model alerts.
 
     features (Arrow) --Blocks--> (block_id, meta, raw feature matrix)
         --Normalize[m]--> (block_id, device-relative z)  --RunInference[m]--> (block_id, (scores, contributions))
-    CoGroupByKey(meta, m1 .. mn) --BuildScores--> scores rows (Arrow) + anomalous ensemble windows
-    anomalous windows --by device--> episodes --> WARNING / HIGH alerts (Arrow)
+    CoGroupByKey(meta, m1 .. mn) --BuildScores--> scores rows (Arrow) + the ensemble's windows per device
+    windows --by device--> incidents --> OPEN / ESCALATED / CLOSED alert rows (Arrow, WARNING / HIGH)
+
+Model alerts are incidents (issue 14 item 7): consecutive anomalous windows of a device form one
+incident, opened once (WARNING), escalated once to HIGH when it reaches HIGH or persists, closed when
+the device is normal again; each row names the incident's top contributing sensors
+(:func:`incident_rows`). The alerts contract is unchanged: status, incident id and sensors are in
+``context``.
 
 Element sizes: a block's meta table and each model's (scores, contributions) cross the Join, so a
 block holds at most as many windows as keep the largest of them within the chunk bound of
@@ -17,6 +23,7 @@ window's |z|) explain the ensemble's alerts. The ensemble is the explicit vote o
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hashlib
 import json
@@ -31,7 +38,7 @@ from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
 
 from models import base as catalog
 from models import ensemble, registry
-from models.features import MODEL_FEATURES, DeviceBaseline, matrix, top_features
+from models.features import CROSS_FEATURE_SENSORS, MODEL_FEATURES, DeviceBaseline, matrix, sensor_stat, top_features
 from models.handlers import BASELINE_FILE, handler_for
 from schemas import contracts
 from transforms.arrow import DEFAULT_CHUNK_BYTES, ElementSizes, compact
@@ -48,11 +55,22 @@ class ModelRef:
     kind: str            # the handler serving it (models/handlers.py)
     threshold: float
     module: str | None = None     # where its class registers (imported on workers that do not know it)
+    features: tuple[str, ...] = MODEL_FEATURES    # the model inputs it was trained on (its metadata)
 
     @classmethod
     def of(cls, mv: registry.ModelVersion) -> "ModelRef":
+        features = tuple(mv.metadata.get("model_features") or MODEL_FEATURES)
+        unknown = [c for c in features if c not in MODEL_FEATURES]
+        if unknown:
+            raise ValueError(f"model {mv.name} {mv.version} ({mv.path}) was trained on features this code does not "
+                             f"compute: {unknown}; retrain it (python -m pipelines.train) or pin another version")
         return cls(mv.name, mv.version, str(mv.path), mv.metadata["kind"], float(mv.metadata["threshold"]),
-                   mv.metadata.get("model_module"))
+                   mv.metadata.get("model_module"), features)
+
+    def columns(self) -> np.ndarray:
+        """Index of each of its features in MODEL_FEATURES (a version trained on an older, smaller
+        feature set sees those columns only)."""
+        return np.array([MODEL_FEATURES.index(c) for c in self.features], dtype=np.int64)
 
     def model_class(self) -> type[catalog.AnomalyModel]:
         return catalog.get(self.name, self.module)
@@ -67,10 +85,6 @@ def max_block_rows(requested: int, nbytes: int = DEFAULT_CHUNK_BYTES) -> int:
     (a float64 score and a contribution per feature, per window) stays within ``nbytes``."""
     per_window = (len(MODEL_FEATURES) + 1) * 8
     return max(1, min(requested, nbytes // per_window))
-
-
-def alert_id(device_id: str, rule: str, severity: str, window_start: dt.datetime) -> str:
-    return hashlib.sha1(f"{device_id}|{rule}|{severity}|{window_start.isoformat()}".encode()).hexdigest()[:32]
 
 
 class _Blocks(beam.DoFn):
@@ -104,12 +118,17 @@ class _Normalize(beam.DoFn):
 
     def setup(self):
         self._baseline = DeviceBaseline.from_bytes(registry.read_verified(self._model.path, BASELINE_FILE))
+        if self._baseline.columns != self._model.features:
+            raise ValueError(f"model {self._model.name} {self._model.version}: its baseline's features "
+                             f"{list(self._baseline.columns)} differ from its metadata's model_features "
+                             f"{list(self._model.features)}; the version is inconsistent, retrain it")
+        self._columns = None if self._model.features == MODEL_FEATURES else self._model.columns()
         self._with_devices = self._model.model_class().needs_devices
 
     def process(self, block):
         block_id, meta, x = block
         devices = np.asarray(meta["device_id"].to_pylist(), dtype=object)
-        z = self._baseline.transform(devices, x)
+        z = self._baseline.transform(devices, x if self._columns is None else x[:, self._columns])
         yield block_id, ((z, devices) if self._with_devices else z)
 
 
@@ -137,7 +156,7 @@ class _BuildScores(beam.DoFn):
         scores, contrib = {}, {}
         for m in self._models:
             s, c = grouped[m.name][0]
-            scores[m.name], contrib[m.name] = np.asarray(s, np.float64), np.asarray(c, np.float64)
+            scores[m.name], contrib[m.name] = np.asarray(s, np.float64), _widen(np.asarray(c, np.float64), m)
         thresholds = {m.name: m.threshold for m in self._models}
         ens = ensemble.combine(scores, thresholds, self._vote)
         severity = ensemble.severity(ens, self._high)
@@ -165,6 +184,16 @@ class _BuildScores(beam.DoFn):
         table = pa.concat_tables(parts).cast(contracts.SCORES)
         self._rows.inc(table.num_rows)
         yield table
+        normal = np.flatnonzero(ens < 1.0)
+        if len(normal):          # the device is normal again there: incidents close (one element per device)
+            devices = meta["device_id"].to_pylist()
+            starts, ends = meta["window_start"].to_pylist(), meta["window_end"].to_pylist()
+            by_device: dict[str, list] = {}
+            for i in normal:
+                by_device.setdefault(devices[i], []).append(
+                    {"window_start": starts[i], "window_end": ends[i], "anomalous": False})
+            for d, ws in by_device.items():
+                yield beam.pvalue.TaggedOutput(self.ANOMALIES, (d, {"normal": ws}))
         anomalous = np.flatnonzero(ens >= 1.0)
         if len(anomalous):
             by_model = {m.name: scores[m.name] for m in self._models}
@@ -174,7 +203,7 @@ class _BuildScores(beam.DoFn):
                     if z_rows is not None else {}
                 yield beam.pvalue.TaggedOutput(self.ANOMALIES, (meta["device_id"][i].as_py(), {
                     "window_start": meta["window_start"][i].as_py(), "window_end": meta["window_end"][i].as_py(),
-                    "score": float(ens[i]), "severity": severity[i], "top_features": tops, "z": detail,
+                    "anomalous": True, "score": float(ens[i]), "severity": severity[i], "top_features": tops, "z": detail,
                     "model_scores": {k: round(float(v[i]), 6) for k, v in by_model.items()},
                 }))
 
@@ -188,53 +217,141 @@ class _BuildScores(beam.DoFn):
         return None
 
 
-class _Episodes(beam.DoFn):
-    """Anomalous windows of one device -> alerts: WARNING when an episode starts, HIGH when it first
-    reaches HIGH. An episode is a run of anomalous windows with gaps of at most `gap` windows; it
-    continues an episode of the previous run when the device's last scored window was anomalous."""
+def _widen(contrib: np.ndarray, model: ModelRef) -> np.ndarray:
+    """A model's contributions over its own features -> over MODEL_FEATURES (0 where it has none)."""
+    if model.features == MODEL_FEATURES:
+        return contrib
+    out = np.zeros((contrib.shape[0], len(MODEL_FEATURES)))
+    out[:, model.columns()] = contrib
+    return out
+
+
+MODEL_ALERT_RULE = "MODEL_ENSEMBLE"
+OPEN, ESCALATED, CLOSED = "OPEN", "ESCALATED", "CLOSED"
+LEVELS = {1: "WARNING", 2: "HIGH"}
+
+
+def incident_alert_id(device_id: str, first_window_start: dt.datetime, status: str) -> str:
+    """The id of one row of an incident: device, rule, the incident's first window and the row's status."""
+    return hashlib.sha1(f"{device_id}|{MODEL_ALERT_RULE}|{first_window_start.isoformat()}|{status}".encode()
+                        ).hexdigest()[:32]
+
+
+def feature_sensors(feature: str) -> tuple[str, ...]:
+    """The sensors a model feature is computed from (a cross feature: several)."""
+    if feature in CROSS_FEATURE_SENSORS:
+        return CROSS_FEATURE_SENSORS[feature][1]
+    return (sensor_stat(feature)[0],)
+
+
+@dataclass
+class Incident:
+    """An open incident of a device: consecutive anomalous windows (gaps of at most ``gap`` windows)."""
+    device_id: str
+    first_start: dt.datetime
+    last_end: dt.datetime
+    level: int                    # 1 WARNING, 2 HIGH
+    windows: int
+    max_score: float
+    sensors: dict                 # sensor -> weight from the windows' top features (rank k..1)
+    seen_until: dt.datetime | None = None     # the device's last window already accounted for
+
+    def top_sensors(self, k: int = 3) -> list[str]:
+        return [s for s, _ in sorted(self.sensors.items(), key=lambda kv: (-kv[1], kv[0]))[:k]]
+
+
+def incident_rows(device: str, windows: list[dict], prior: Incident | None, *, window_s: float, gap: int,
+                  high_factor: float, escalate_after: int, detected_at: dt.datetime, top_k: int = 3,
+                  versions: dict | None = None, thresholds: dict | None = None) -> tuple[list[dict], Incident | None]:
+    """The alert rows of a device's scored ensemble windows (``anomalous`` ones with severity, score and
+    top features, and normal ones), continuing ``prior``; returns (rows, the incident still open).
+
+    One incident per run of anomalous windows: an OPEN row (WARNING, or HIGH when its first window is
+    HIGH) at its first window; one ESCALATED row (HIGH) at the window where it first reaches HIGH or
+    has lasted ``escalate_after`` anomalous windows; a CLOSED row at the first window that starts
+    ``gap`` windows after its last anomalous one (the device is normal again). Ids are deterministic
+    (device, first window, status), so a rerun writes the same rows."""
+    rows: list[dict] = []
+    inc = dataclasses.replace(prior, sensors=dict(prior.sensors)) if prior else None
+    seen = prior.seen_until if prior else None
+    for w in sorted(windows, key=lambda w: w["window_start"]):
+        if seen is not None and w["window_start"] <= seen:
+            continue              # already accounted for by an earlier run (e.g. rescored after late data)
+        start = w["window_start"]
+        limit = None if inc is None else inc.last_end + dt.timedelta(seconds=gap * window_s)
+        if inc is not None and (start > limit or (not w["anomalous"] and start >= limit)):
+            rows.append(_incident_row(inc, CLOSED, w, inc.max_score, "normal", detected_at, top_k, versions,
+                                      thresholds, high_factor))
+            inc = None
+        if w["anomalous"]:
+            high = w["score"] >= high_factor
+            weights = {}
+            for rank, f in enumerate(w.get("top_features") or []):
+                for sensor in feature_sensors(f):
+                    weights[sensor] = weights.get(sensor, 0) + (top_k - rank)
+            if inc is None:
+                inc = Incident(device, start, w["window_end"], 2 if high else 1, 1, w["score"], weights)
+                rows.append(_incident_row(inc, OPEN, w, w["score"], "score", detected_at, top_k, versions,
+                                          thresholds, high_factor))
+            else:
+                inc.windows += 1
+                inc.last_end = w["window_end"]
+                inc.max_score = max(inc.max_score, w["score"])
+                for sensor, v in weights.items():
+                    inc.sensors[sensor] = inc.sensors.get(sensor, 0) + v
+                if inc.level == 1 and (high or inc.windows >= escalate_after):
+                    inc.level = 2
+                    rows.append(_incident_row(inc, ESCALATED, w, w["score"], "score" if high else "persisted",
+                                              detected_at, top_k, versions, thresholds, high_factor))
+        seen = start
+    if inc is not None:
+        inc.seen_until = seen
+    return rows, inc
+
+
+def _incident_row(inc: Incident, status: str, w: dict, value: float, reason: str, detected_at: dt.datetime,
+                  top_k: int, versions, thresholds, high_factor: float) -> dict:
+    severity = LEVELS[inc.level]
+    context = {"incident_id": incident_alert_id(inc.device_id, inc.first_start, OPEN), "status": status,
+               "reason": reason, "first_window_start": inc.first_start.isoformat(),
+               "last_window_end": inc.last_end.isoformat(), "windows": inc.windows,
+               "max_score": round(float(inc.max_score), 6), "top_sensors": inc.top_sensors(top_k),
+               "window_start": w["window_start"].isoformat(), "window_end": w["window_end"].isoformat(),
+               "model_versions": versions or {}, "thresholds": thresholds or {}}
+    if w["anomalous"]:
+        context.update(model_scores=w.get("model_scores", {}), top_features=w.get("top_features", []),
+                       z=w.get("z", {}))
+    return {"alert_id": incident_alert_id(inc.device_id, inc.first_start, status), "device_id": inc.device_id,
+            "rule": MODEL_ALERT_RULE, "severity": severity,
+            "event_time": inc.first_start if status == OPEN else w["window_start"], "detected_at": detected_at,
+            "value": float(value), "threshold": 1.0 if severity == "WARNING" else high_factor,
+            "context": json.dumps(context, sort_keys=True), "event_id": None}
+
+
+class _Incidents(beam.DoFn):
+    """The scored ensemble windows of one device -> its incident alerts (:func:`incident_rows`),
+    continuing the incident a previous run left open (``prior``: device -> Incident)."""
 
     def __init__(self, window_s: float, gap: int, models: list[ModelRef], prior: dict, detected_at: dt.datetime,
-                 high_factor: float, known: frozenset = frozenset()):
-        self._window_s, self._gap, self._high = window_s, gap, high_factor
-        self._known = known
+                 high_factor: float, escalate_after: int, top_k: int):
+        self._window_s, self._gap, self._high, self._escalate, self._k = window_s, gap, high_factor, escalate_after, top_k
         self._versions = {m.name: m.version for m in models}
         self._thresholds = {m.name: m.threshold for m in models}
         self._prior, self._at = prior, detected_at
         self._alerts = Metrics.counter(APP, "alerts")
+        self._counts = {st: Metrics.counter(APP, f"incidents_{st.lower()}") for st in (OPEN, ESCALATED, CLOSED)}
 
     def process(self, element):
-        device, windows = element
-        windows = sorted(windows, key=lambda w: w["window_start"])
-        rows = []
-        last_end, level = None, 0
-        prior = self._prior.get(device)
-        if prior:
-            last_end, level = prior["window_end"], {"": 0, "WARNING": 1, "HIGH": 2}[prior["severity"]]
-        for w in windows:
-            new_episode = last_end is None or (w["window_start"] - last_end).total_seconds() > self._gap * self._window_s
-            if new_episode:
-                level = 0
-            current = 2 if w["severity"] == "HIGH" else 1
-            for sev_level, sev in ((1, "WARNING"), (2, "HIGH")):
-                if level < sev_level <= current:
-                    alert = self._alert(device, w, sev)
-                    if alert["alert_id"] not in self._known:      # e.g. a window rescored after late data
-                        rows.append(alert)
-            level = max(level, current)
-            last_end = w["window_end"]
+        device, parts = element
+        windows = [w for part in parts for w in (part["normal"] if "normal" in part else [part])]
+        rows, _ = incident_rows(device, windows, self._prior.get(device), window_s=self._window_s, gap=self._gap,
+                                high_factor=self._high, escalate_after=self._escalate, detected_at=self._at,
+                                top_k=self._k, versions=self._versions, thresholds=self._thresholds)
+        for r in rows:
+            self._counts[json.loads(r["context"])["status"]].inc()
         self._alerts.inc(len(rows))
         if rows:
             yield pa.Table.from_pylist(rows, schema=contracts.ALERTS)
-
-    def _alert(self, device: str, w: dict, severity: str) -> dict:
-        rule = "MODEL_ENSEMBLE"
-        context = {"window_start": w["window_start"].isoformat(), "window_end": w["window_end"].isoformat(),
-                   "model_versions": self._versions, "thresholds": self._thresholds,
-                   "model_scores": w["model_scores"], "top_features": w["top_features"], "z": w["z"]}
-        return {"alert_id": alert_id(device, rule, severity, w["window_start"]), "device_id": device, "rule": rule,
-                "severity": severity, "event_time": w["window_start"], "detected_at": self._at,
-                "value": w["score"], "threshold": 1.0 if severity == "WARNING" else self._high,
-                "context": json.dumps(context, sort_keys=True), "event_id": None}
 
 
 class ScoreWindows(beam.PTransform):
@@ -242,14 +359,13 @@ class ScoreWindows(beam.PTransform):
 
     def __init__(self, models: list[ModelRef], window_size: str, window_s: float, *, block_rows: int = 4096,
                  high_factor: float = ensemble.DEFAULT_HIGH_FACTOR, top_k: int = 3, episode_gap: int = 2,
-                 prior: dict | None = None, now: dt.datetime | None = None, known_alerts: frozenset = frozenset(),
-                 vote: ensemble.KOfN = ensemble.DEFAULT_VOTE):
+                 prior: dict | None = None, now: dt.datetime | None = None, vote: ensemble.KOfN = ensemble.DEFAULT_VOTE, escalate_after: int = 6):
         super().__init__()
+        self._escalate = escalate_after
         self._vote = vote
         self._models, self._ws, self._window_s = models, window_size, window_s
         self._block_rows, self._high, self._k, self._gap = block_rows, high_factor, top_k, episode_gap
         self._prior = prior or {}
-        self._known = frozenset(known_alerts)
         self._now = now or dt.datetime.now(dt.timezone.utc)
 
     def expand(self, tables):
@@ -266,6 +382,6 @@ class ScoreWindows(beam.PTransform):
                  .with_outputs(_BuildScores.ANOMALIES, main="scores"))
         alerts = (built[_BuildScores.ANOMALIES]
                   | "ByDevice" >> beam.GroupByKey()
-                  | "Episodes" >> beam.ParDo(_Episodes(self._window_s, self._gap, self._models, self._prior,
-                                                       self._now, self._high, self._known)))
+                  | "Incidents" >> beam.ParDo(_Incidents(self._window_s, self._gap, self._models, self._prior,
+                                                         self._now, self._high, self._escalate, self._k)))
         return {"scores": built.scores, "alerts": alerts}
