@@ -24,6 +24,8 @@ Convention for every entry point: Beam's underscores (``--window_size``), and he
 """
 from __future__ import annotations
 
+import argparse
+
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from core import lake
@@ -137,3 +139,30 @@ def declare(parser, *options_classes: type[PipelineOptions]) -> None:
             if "_add_argparse_args" in vars(cls):
                 cls._add_argparse_args(parser)
         parser.set_defaults(**getattr(options_cls, "option_defaults", {}))
+
+
+class JoinVersions(argparse.Action):
+    """Collects NAME=VERSION items into one comma-separated string (options travel to Beam as strings)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, ",".join(v for v in [getattr(namespace, self.dest) or "", *values] if v))
+
+
+def parse_model_versions(pairs: list[str], prog: str = "score", names=None) -> dict[str, str] | None:
+    """NAME=VERSION items (``--model_version``, or comma-separated in ``--model_versions``) -> {name: version};
+    ``names``: the models allowed (default: the default models)."""
+    from models import ensemble
+    names = tuple(ensemble.MODELS if names is None else names)
+    out: dict[str, str] = {}
+    for item in (x.strip() for p in pairs for x in p.split(",")):
+        if not item:
+            continue
+        name, sep, version = item.partition("=")
+        if not sep or not name or not version:
+            raise SystemExit(f"{prog}: model version {item!r}: expected NAME=VERSION, e.g. autoencoder=v0002")
+        if name not in names:
+            raise SystemExit(f"{prog}: unknown model {name!r} in {item!r} (models: {', '.join(names)})")
+        if out.get(name, version) != version:
+            raise SystemExit(f"{prog}: two versions given for {name}: {out[name]} and {version}")
+        out[name] = version
+    return out or None

@@ -35,7 +35,6 @@ examples:
 """
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import hashlib
 import json
@@ -55,7 +54,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from models import base as catalog
 from models import ensemble, registry
 from pipelines import cli
-from pipelines.options import LakeOptions, ModelsOptions, WindowSizeOptions
+from pipelines.options import JoinVersions, LakeOptions, ModelsOptions, WindowSizeOptions, parse_model_versions
 from transforms import delta
 from core import lake
 from transforms.arrow import ReadParquetChunks, SideTable
@@ -103,25 +102,6 @@ def _models_digest(models: list[ModelRef]) -> str:
 def rescore_app(window_size: str, models: list[ModelRef]) -> str:
     """The app of ``--rescore`` runs with one set of model versions: each set keeps its own progress."""
     return f"{APP}.{window_size}.rescore.{_models_digest(models)}"
-
-
-def parse_model_versions(pairs: list[str], prog: str = "score", names=None) -> dict[str, str] | None:
-    """NAME=VERSION items (``--model_version``, or comma-separated in ``--model_versions``) -> {name: version};
-    ``names``: the models allowed (default: the default models)."""
-    names = tuple(ensemble.MODELS if names is None else names)
-    out: dict[str, str] = {}
-    for item in (x.strip() for p in pairs for x in p.split(",")):
-        if not item:
-            continue
-        name, sep, version = item.partition("=")
-        if not sep or not name or not version:
-            raise SystemExit(f"{prog}: model version {item!r}: expected NAME=VERSION, e.g. autoencoder=v0002")
-        if name not in names:
-            raise SystemExit(f"{prog}: unknown model {name!r} in {item!r} (models: {', '.join(names)})")
-        if out.get(name, version) != version:
-            raise SystemExit(f"{prog}: two versions given for {name}: {out[name]} and {version}")
-        out[name] = version
-    return out or None
 
 
 def resolve_models(models_root: str, requested: dict[str, str] | None) -> list[ModelRef]:
@@ -385,13 +365,6 @@ class _ReadFeatureFile(beam.DoFn):
         uri, partition_values = element
         yield uri, delta.with_partition_columns("features", pq.read_table(uri.removeprefix("file://")),
                                                 partition_values)
-
-
-class JoinVersions(argparse.Action):
-    """Collects NAME=VERSION items into one comma-separated string (options travel to Beam as strings)."""
-
-    def __call__(self, parser, namespace, values, option_string=None):
-        setattr(namespace, self.dest, ",".join(v for v in [getattr(namespace, self.dest) or "", *values] if v))
 
 
 class ScoreOptions(LakeOptions, ModelsOptions, WindowSizeOptions, PipelineOptions):

@@ -57,8 +57,8 @@ from models import base as catalog
 from models import registry
 from models.features import BASELINE_FILE, MODEL_FEATURES, DeviceBaseline, matrix
 from pipelines import cli
-from pipelines.options import MODEL_WINDOW, LakeOptions, ModelsOptions, SpanOptions, WindowSizeOptions
-from pipelines.score import JoinVersions, parse_model_versions
+from pipelines.options import (MODEL_WINDOW, JoinVersions, LakeOptions, ModelsOptions, SpanOptions, WindowSizeOptions,
+                               parse_model_versions)
 
 log = logging.getLogger("train")
 

@@ -8,7 +8,8 @@ import json
 import pyarrow as pa
 import pytest
 
-from models import registry, synthetic
+from models import registry
+from simulation import synthetic
 from pipelines import score as score_pipeline
 from pipelines import train
 from pipelines.evaluate import compare_versions, load_scores, render_versions
