@@ -156,6 +156,9 @@ FIRES = dict(dev=np.int64, rule=np.int8, f=np.int64, c=np.int64)
 TABLES = {"hist": HIST, "seen": SEEN, "vib": VIB, "fires": FIRES}
 
 
+_PACK_DEVICES = 4096             # pages of at least this many devices gather from packed rows
+
+
 def _take_rows(table: dict, rows: np.ndarray) -> dict:
     return {k: v[rows] for k, v in table.items()}
 
@@ -211,13 +214,58 @@ class DeviceStates:
     def take(self, idx: np.ndarray) -> "DeviceStates":
         """The devices at positions idx (in that order)."""
         idx = np.asarray(idx, np.int64)
+        return DeviceStates.gather([self], np.zeros(len(idx), np.int64), idx, self.ids[idx])
+
+    def _records(self, name: str) -> tuple[np.ndarray, np.dtype] | None:
+        """A large page's table (but dev) as one array of packed rows (cached): a gather of a few
+        devices then reads one block per device instead of one per column, which is what a lookup in
+        a page far larger than the CPU caches costs. The table's columns become views of it (the page
+        is held once)."""
+        if len(self) < _PACK_DEVICES:
+            return None
+        cache = self.__dict__.setdefault("_packed", {})
+        if name not in cache:
+            table = getattr(self, name)
+            cols = [k for k in table if k != "dev"]
+            rec = np.empty(len(table["dev"]), [(k, table[k].dtype) for k in cols])
+            for k in cols:
+                rec[k] = table[k]
+            setattr(self, name, {"dev": table["dev"], **{k: rec[k] for k in cols}})
+            cache[name] = rec.view(np.dtype((np.void, rec.dtype.itemsize))), rec.dtype
+        return cache[name]
+
+    @staticmethod
+    def gather(pages: list["DeviceStates"], page: np.ndarray, pos: np.ndarray, ids: np.ndarray) -> "DeviceStates":
+        """Device k of the result is device pos[k] of pages[page[k]] (named ids[k]): one gather per page
+        and column straight into the result (no concatenation, no reordering pass)."""
+        n = len(page)
+        used = [(k, p, np.flatnonzero(page == k)) for k, p in enumerate(pages)]
+        used = [(p, sel, pos[sel]) for k, p, sel in used if len(sel)]
+        per_device = {}
+        for name in ("max_t", "seen_at"):
+            per_device[name] = np.empty(n, np.int64)
+            for p, sel, at in used:
+                per_device[name][sel] = getattr(p, name)[at]
         out = {}
-        for name, table in self.tables().items():
-            rows, seg = _gather(self.offsets(name), idx)
-            t = _take_rows(table, rows)
-            t["dev"] = seg.astype(np.int64)
-            out[name] = t
-        return DeviceStates(self.ids[idx], self.max_t[idx], self.seen_at[idx], **out)
+        for name, schema in TABLES.items():
+            lens = np.zeros(n, np.int64)
+            for p, sel, at in used:
+                off = p.offsets(name)
+                lens[sel] = off[at + 1] - off[at]
+            dest_off = np.concatenate([[0], np.cumsum(lens)])
+            cols = [k for k in schema if k != "dev"]
+            table = {k: np.empty(int(dest_off[-1]), np.result_type(*(getattr(p, name)[k].dtype for p, _, _ in used))
+                                 if used else schema[k]) for k in cols}
+            for p, sel, at in used:
+                rows, _ = _gather(p.offsets(name), at)
+                dest, _ = _gather(dest_off, sel)
+                packed = p._records(name)
+                src = packed[0].take(rows).view(packed[1]) if packed is not None else getattr(p, name)
+                for k in cols:
+                    table[k][dest] = src[k] if packed is not None else src[k][rows]
+            table["dev"] = np.repeat(np.arange(n), lens)
+            out[name] = {k: table[k] for k in schema}
+        return DeviceStates(ids, per_device["max_t"], per_device["seen_at"], **out)
 
     @staticmethod
     def concat(parts: list["DeviceStates"]) -> "DeviceStates":
@@ -277,9 +325,14 @@ def fixed_lengths(fixed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The uint8 matrix of a fixed-width array and each string's length (trailing NULs excluded)."""
     width = fixed.dtype.itemsize
     grid = np.ascontiguousarray(fixed).view(np.uint8).reshape(len(fixed), width)
-    nz = grid != 0
-    last = width - np.argmax(nz[:, ::-1], axis=1)
-    return grid, np.where(nz.any(axis=1), last, 0)
+    lengths = np.full(len(fixed), width, np.int64)
+    rows = np.flatnonzero(grid[:, width - 1] == 0)      # padded rows: walk their trailing NULs back
+    for j in range(width - 1, -1, -1):                   # (cost: the padding, not the whole grid)
+        if not len(rows):
+            break
+        lengths[rows] = j
+        rows = rows[grid[rows, j - 1] == 0] if j else rows[:0]
+    return grid, lengths
 
 
 def fnv1a64(strings) -> np.ndarray:
