@@ -212,11 +212,7 @@ class _RulesFn(beam.DoFn):
                 timer=beam.DoFn.TimerParam(EVICT)):
         _, table = element
         arrived = int(ts.micros)
-        n = table.num_rows
-        batch = Batch(to_numpy(table["device_id"]).astype(object), to_numpy(table["event_id"]).astype(object),
-                      to_numpy(table["sensor_type"]).astype(object), to_numpy(table["t_us"]).astype(np.int64),
-                      to_numpy(table["value"]).astype(np.float64), to_numpy(table["model"]).astype(object),
-                      np.asarray(to_numpy(table["rated_current_a"]), np.float64), np.full(n, arrived, np.int64))
+        batch = Batch.from_table(table, arrived)
         store = acute_state.Store(_BeamCells(log_bag, runs_bag, level1, level2))
         ids, index = batch.devices()
         new, alerts, counts = evaluate(store.lookup(ids, self._warm_fill(ids, index, batch)), batch, self._config,

@@ -44,6 +44,7 @@ from typing import Callable, ClassVar
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import yaml
 
 US = 1_000_000
@@ -570,6 +571,24 @@ class Batch:
     model: np.ndarray
     rated: np.ndarray
     arrived: np.ndarray | None = None       # element time (us) per reading, for eviction
+
+    @classmethod
+    def from_table(cls, table: pa.Table, arrived_us: int) -> "Batch":
+        """A batch of the acute stage's Arrow table (device_id, event_id, sensor_type, t_us, value, model,
+        rated_current_a), all arrived at arrived_us: ids straight from the Arrow buffers to fixed width,
+        sensor and model as objects made once per distinct value (no Python string per reading)."""
+        def column(name):
+            c = table[name]
+            return c.combine_chunks() if isinstance(c, pa.ChunkedArray) else c
+
+        def objects(name):
+            enc = pc.dictionary_encode(column(name))
+            return np.array(enc.dictionary.to_pylist() + [None], object)[enc.indices.fill_null(-1).to_numpy()]
+        return cls(fixed_width(column("device_id")), fixed_width(column("event_id")), objects("sensor_type"),
+                   column("t_us").to_numpy(zero_copy_only=False).astype(np.int64),
+                   column("value").to_numpy(zero_copy_only=False).astype(np.float64), objects("model"),
+                   column("rated_current_a").to_numpy(zero_copy_only=False).astype(np.float64),
+                   np.full(table.num_rows, arrived_us, np.int64))
 
     def devices(self) -> tuple[np.ndarray, np.ndarray]:
         """Sorted unique device ids and each reading's position among them."""
