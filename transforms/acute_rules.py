@@ -443,7 +443,7 @@ class Series:
     dev: np.ndarray
     t: np.ndarray
     v: np.ndarray
-    eid: np.ndarray
+    eid: np.ndarray                 # event ids (the engine passes row numbers into its id strings)
     evaluate: np.ndarray            # rows to evaluate: at or after the device's earliest new reading
     seg_start: np.ndarray           # per device (segment number): first row
     seg_len: np.ndarray
@@ -757,6 +757,10 @@ def evaluate(states: DeviceStates, batch: Batch, config: RuleConfig, detected_at
     alerts: list[dict] = []
     hist_parts, fire_parts = [], []
     vib_state = states.vib
+    # histories carry event ids as row numbers into `eids` (state rows, then the batch's): the strings
+    # are gathered once, into the new state, instead of at every step of the merge
+    eids = np.concatenate([states.hist["eid"], eid])
+    hist_rows = {**states.hist, "eid": np.arange(len(states.hist["t"]))}
     for rule_code, rule in enumerate(RULES):
         rows = np.flatnonzero(keep & (sensor == rule.sensor))
         rule_fires = _rule_rows(states.fires, rule_code)
@@ -765,20 +769,20 @@ def evaluate(states: DeviceStates, batch: Batch, config: RuleConfig, detected_at
             evaluation, ev_dev, ev_t, ev_eid, vib_state = _vibration(states, dev[rows], t[rows], value[rows],
                                                                     eid[rows], p, ndev)
         else:
-            old = _take_rows(states.hist, np.flatnonzero(states.hist["sensor"] == code))
+            old = _take_rows(hist_rows, np.flatnonzero(states.hist["sensor"] == code))
             if not len(rows):
                 hist_parts.append(old)
                 fire_parts.append(rule_fires)
                 continue
-            series, kept_hist = _merge_series(old, dev[rows], t[rows], value[rows], eid[rows], ndev, code,
-                                              max_t, p.slack_us + _window(rule, p))
+            series, kept_hist = _merge_series(old, dev[rows], t[rows], value[rows], len(states.hist["t"]) + rows,
+                                              ndev, code, max_t, p.slack_us + _window(rule, p))
             hist_parts.append(kept_hist)
             evaluation = rule.evaluate(series, p) if len(series.t) else None
             if evaluation is None:
                 fire_parts.append(rule_fires)
                 continue
             ev_dev, ev_t, ev_eid = series.dev[evaluation.rows], series.t[evaluation.rows], \
-                series.eid[evaluation.rows]
+                eids[series.eid[evaluation.rows]]
         if evaluation is None or not len(evaluation.rows):
             fire_parts.append(rule_fires)
             continue
@@ -792,6 +796,7 @@ def evaluate(states: DeviceStates, batch: Batch, config: RuleConfig, detected_at
 
     # new state: histories, seen ids, buckets, alerts, all trimmed to what the rules can still need
     hist = _sort_rows(_concat_rows(hist_parts, HIST), ("dev", "sensor", "t"))
+    hist["eid"] = eids[hist["eid"]]
     add = np.flatnonzero(keep)
     seen = _concat_rows([states.seen, {"dev": dev[add], "t": t[add], "h": key[add]}], SEEN)
     seen = _take_rows(seen, np.flatnonzero(seen["t"] >= (max_t - p.dedup_us)[seen["dev"]]))
