@@ -5,9 +5,11 @@
 For a 1K- and a 100K-device shard store warmed with 24 h of history (built directly, as the engine
 keeps it: raw histories, dedup ids, 48 vibration buckets), it streams batches shaped like a 100K-device
 fleet's sub-second bundles: `--touched` devices per batch, each one tick of 5 readings. Timed per
-batch: store lookup + evaluation + write (with the page encoding a Beam state write does, and the
-tier merges). Then the reference per-device engine (tests/reference_acute.py) and the columnar one
-run the same random stream with faults on a few devices, and their alerts are compared. Prints a
+batch, from the Arrow table the DoFn gets to the new state: Batch building, store lookup, evaluation
+and write (with the page encoding a Beam state write does, and the tier merges; at 100K devices the
+30 default batches see no merge into level 2, which comes every 256 batches: `--batches 300` for
+the steady state). Then the reference per-device engine (tests/reference_acute.py) and the columnar
+one run the same random stream with faults on a few devices, and their alerts are compared. Prints a
 table, then one JSON line: readings_per_s_1k, readings_per_s_100k, state_bytes_per_device,
 alerts_equal_reference.
 """
@@ -22,6 +24,7 @@ import pstats
 import time
 
 import numpy as np
+import pyarrow as pa
 
 from core import acute_state
 from core.acute_rules import (FIRES, HIST, SEEN, SENSOR_CODES, VIB, Batch, DeviceStates, RuleConfig, evaluate,
@@ -88,15 +91,17 @@ def warm_state(n: int, rng) -> DeviceStates:
     return DeviceStates(ids, max_t, max_t.copy(), hist, seen, vib, fires)
 
 
-def tick_batch(ids: np.ndarray, t: np.ndarray, rng) -> Batch:
-    """One tick of 5 readings per device (device k at time t[k])."""
+def tick_batch(ids: np.ndarray, t: np.ndarray, rng) -> pa.Table:
+    """One tick of 5 readings per device (device k at time t[k]), as the Arrow table the DoFn gets."""
     n = len(ids)
     dev = np.repeat(ids, 5)
     tt = np.repeat(t, 5)
     code = np.tile(np.arange(5), n)
     eid = fnv_free_ids(dev, code, tt)
-    return Batch(dev, eid, np.array(SENSORS, object)[code], tt, BASE[code] + rng.normal(0, 0.05, 5 * n),
-                 np.full(5 * n, "CX-200", object), np.full(5 * n, 20.0), tt)
+    return pa.table({"device_id": pa.array([d.decode() for d in dev], pa.string()),
+                     "event_id": pa.array(eid, pa.string()), "sensor_type": pa.array(np.array(SENSORS)[code]),
+                     "t_us": tt, "value": BASE[code] + rng.normal(0, 0.05, 5 * n),
+                     "model": pa.array(["CX-200"] * (5 * n)), "rated_current_a": np.full(5 * n, 20.0)})
 
 
 def fnv_free_ids(dev, code, t):
@@ -122,10 +127,11 @@ def bench_size(n: int, batches: int, touched: int, rng, profile: bool = False) -
     timed = 0.0
     readings = 0
     prof = cProfile.Profile() if profile else None
-    for k, batch in enumerate(prepared):
+    for k, table in enumerate(prepared):
         start = time.perf_counter()
         if prof and k >= 3:
             prof.enable()
+        batch = Batch.from_table(table, int(table["t_us"][0].as_py()))      # what the DoFn does
         ids, index = batch.devices()
         new, _, _ = evaluate(store.lookup(ids), batch, CONFIG, NOW, index)
         store.write(new)

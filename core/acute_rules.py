@@ -45,6 +45,7 @@ from typing import Callable, ClassVar
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import yaml
 
 US = 1_000_000
@@ -164,6 +165,9 @@ FIRES = dict(dev=np.int64, rule=np.int8, f=np.int64, c=np.int64)
 TABLES = {"hist": HIST, "seen": SEEN, "vib": VIB, "fires": FIRES}
 
 
+_PACK_DEVICES = 4096             # pages of at least this many devices gather from packed rows
+
+
 def _take_rows(table: dict, rows: np.ndarray) -> dict:
     return {k: v[rows] for k, v in table.items()}
 
@@ -219,13 +223,58 @@ class DeviceStates:
     def take(self, idx: np.ndarray) -> "DeviceStates":
         """The devices at positions idx (in that order)."""
         idx = np.asarray(idx, np.int64)
+        return DeviceStates.gather([self], np.zeros(len(idx), np.int64), idx, self.ids[idx])
+
+    def _records(self, name: str) -> tuple[np.ndarray, np.dtype] | None:
+        """A large page's table (but dev) as one array of packed rows (cached): a gather of a few
+        devices then reads one block per device instead of one per column, which is what a lookup in
+        a page far larger than the CPU caches costs. The table's columns become views of it (the page
+        is held once)."""
+        if len(self) < _PACK_DEVICES:
+            return None
+        cache = self.__dict__.setdefault("_packed", {})
+        if name not in cache:
+            table = getattr(self, name)
+            cols = [k for k in table if k != "dev"]
+            rec = np.empty(len(table["dev"]), [(k, table[k].dtype) for k in cols])
+            for k in cols:
+                rec[k] = table[k]
+            setattr(self, name, {"dev": table["dev"], **{k: rec[k] for k in cols}})
+            cache[name] = rec.view(np.dtype((np.void, rec.dtype.itemsize))), rec.dtype
+        return cache[name]
+
+    @staticmethod
+    def gather(pages: list["DeviceStates"], page: np.ndarray, pos: np.ndarray, ids: np.ndarray) -> "DeviceStates":
+        """Device k of the result is device pos[k] of pages[page[k]] (named ids[k]): one gather per page
+        and column straight into the result (no concatenation, no reordering pass)."""
+        n = len(page)
+        used = [(k, p, np.flatnonzero(page == k)) for k, p in enumerate(pages)]
+        used = [(p, sel, pos[sel]) for k, p, sel in used if len(sel)]
+        per_device = {}
+        for name in ("max_t", "seen_at"):
+            per_device[name] = np.empty(n, np.int64)
+            for p, sel, at in used:
+                per_device[name][sel] = getattr(p, name)[at]
         out = {}
-        for name, table in self.tables().items():
-            rows, seg = _gather(self.offsets(name), idx)
-            t = _take_rows(table, rows)
-            t["dev"] = seg.astype(np.int64)
-            out[name] = t
-        return DeviceStates(self.ids[idx], self.max_t[idx], self.seen_at[idx], **out)
+        for name, schema in TABLES.items():
+            lens = np.zeros(n, np.int64)
+            for p, sel, at in used:
+                off = p.offsets(name)
+                lens[sel] = off[at + 1] - off[at]
+            dest_off = np.concatenate([[0], np.cumsum(lens)])
+            cols = [k for k in schema if k != "dev"]
+            table = {k: np.empty(int(dest_off[-1]), np.result_type(*(getattr(p, name)[k].dtype for p, _, _ in used))
+                                 if used else schema[k]) for k in cols}
+            for p, sel, at in used:
+                rows, _ = _gather(p.offsets(name), at)
+                dest, _ = _gather(dest_off, sel)
+                packed = p._records(name)
+                src = packed[0].take(rows).view(packed[1]) if packed is not None else getattr(p, name)
+                for k in cols:
+                    table[k][dest] = src[k] if packed is not None else src[k][rows]
+            table["dev"] = np.repeat(np.arange(n), lens)
+            out[name] = {k: table[k] for k in schema}
+        return DeviceStates(ids, per_device["max_t"], per_device["seen_at"], **out)
 
     @staticmethod
     def concat(parts: list["DeviceStates"]) -> "DeviceStates":
@@ -285,9 +334,14 @@ def fixed_lengths(fixed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The uint8 matrix of a fixed-width array and each string's length (trailing NULs excluded)."""
     width = fixed.dtype.itemsize
     grid = np.ascontiguousarray(fixed).view(np.uint8).reshape(len(fixed), width)
-    nz = grid != 0
-    last = width - np.argmax(nz[:, ::-1], axis=1)
-    return grid, np.where(nz.any(axis=1), last, 0)
+    lengths = np.full(len(fixed), width, np.int64)
+    rows = np.flatnonzero(grid[:, width - 1] == 0)      # padded rows: walk their trailing NULs back
+    for j in range(width - 1, -1, -1):                   # (cost: the padding, not the whole grid)
+        if not len(rows):
+            break
+        lengths[rows] = j
+        rows = rows[grid[rows, j - 1] == 0] if j else rows[:0]
+    return grid, lengths
 
 
 def fnv1a64(strings) -> np.ndarray:
@@ -397,7 +451,7 @@ class Series:
     dev: np.ndarray
     t: np.ndarray
     v: np.ndarray
-    eid: np.ndarray
+    eid: np.ndarray                 # event ids (the engine passes row numbers into its id strings)
     evaluate: np.ndarray            # rows to evaluate: at or after the device's earliest new reading
     seg_start: np.ndarray           # per device (segment number): first row
     seg_len: np.ndarray
@@ -525,6 +579,24 @@ class Batch:
     model: np.ndarray
     rated: np.ndarray
     arrived: np.ndarray | None = None       # element time (us) per reading, for eviction
+
+    @classmethod
+    def from_table(cls, table: pa.Table, arrived_us: int) -> "Batch":
+        """A batch of the acute stage's Arrow table (device_id, event_id, sensor_type, t_us, value, model,
+        rated_current_a), all arrived at arrived_us: ids straight from the Arrow buffers to fixed width,
+        sensor and model as objects made once per distinct value (no Python string per reading)."""
+        def column(name):
+            c = table[name]
+            return c.combine_chunks() if isinstance(c, pa.ChunkedArray) else c
+
+        def objects(name):
+            enc = pc.dictionary_encode(column(name))
+            return np.array(enc.dictionary.to_pylist() + [None], object)[enc.indices.fill_null(-1).to_numpy()]
+        return cls(fixed_width(column("device_id")), fixed_width(column("event_id")), objects("sensor_type"),
+                   column("t_us").to_numpy(zero_copy_only=False).astype(np.int64),
+                   column("value").to_numpy(zero_copy_only=False).astype(np.float64), objects("model"),
+                   column("rated_current_a").to_numpy(zero_copy_only=False).astype(np.float64),
+                   np.full(table.num_rows, arrived_us, np.int64))
 
     def devices(self) -> tuple[np.ndarray, np.ndarray]:
         """Sorted unique device ids and each reading's position among them."""
@@ -693,6 +765,10 @@ def evaluate(states: DeviceStates, batch: Batch, config: RuleConfig, detected_at
     alerts: list[dict] = []
     hist_parts, fire_parts = [], []
     vib_state = states.vib
+    # histories carry event ids as row numbers into `eids` (state rows, then the batch's): the strings
+    # are gathered once, into the new state, instead of at every step of the merge
+    eids = np.concatenate([states.hist["eid"], eid])
+    hist_rows = {**states.hist, "eid": np.arange(len(states.hist["t"]))}
     for rule_code, rule in enumerate(RULES):
         rows = np.flatnonzero(keep & (sensor == rule.sensor))
         rule_fires = _rule_rows(states.fires, rule_code)
@@ -701,20 +777,20 @@ def evaluate(states: DeviceStates, batch: Batch, config: RuleConfig, detected_at
             evaluation, ev_dev, ev_t, ev_eid, vib_state = _vibration(states, dev[rows], t[rows], value[rows],
                                                                     eid[rows], p, ndev)
         else:
-            old = _take_rows(states.hist, np.flatnonzero(states.hist["sensor"] == code))
+            old = _take_rows(hist_rows, np.flatnonzero(states.hist["sensor"] == code))
             if not len(rows):
                 hist_parts.append(old)
                 fire_parts.append(rule_fires)
                 continue
-            series, kept_hist = _merge_series(old, dev[rows], t[rows], value[rows], eid[rows], ndev, code,
-                                              max_t, p.slack_us + _window(rule, p))
+            series, kept_hist = _merge_series(old, dev[rows], t[rows], value[rows], len(states.hist["t"]) + rows,
+                                              ndev, code, max_t, p.slack_us + _window(rule, p))
             hist_parts.append(kept_hist)
             evaluation = rule.evaluate(series, p) if len(series.t) else None
             if evaluation is None:
                 fire_parts.append(rule_fires)
                 continue
             ev_dev, ev_t, ev_eid = series.dev[evaluation.rows], series.t[evaluation.rows], \
-                series.eid[evaluation.rows]
+                eids[series.eid[evaluation.rows]]
         if evaluation is None or not len(evaluation.rows):
             fire_parts.append(rule_fires)
             continue
@@ -728,6 +804,7 @@ def evaluate(states: DeviceStates, batch: Batch, config: RuleConfig, detected_at
 
     # new state: histories, seen ids, buckets, alerts, all trimmed to what the rules can still need
     hist = _sort_rows(_concat_rows(hist_parts, HIST), ("dev", "sensor", "t"))
+    hist["eid"] = eids[hist["eid"]]
     add = np.flatnonzero(keep)
     seen = _concat_rows([states.seen, {"dev": dev[add], "t": t[add], "h": key[add]}], SEEN)
     seen = _take_rows(seen, np.flatnonzero(seen["t"] >= (max_t - p.dedup_us)[seen["dev"]]))

@@ -10,9 +10,13 @@ The store keeps one shard's devices in a few state cells so that a batch reads a
 it touches, whatever the shard's size (a Beam Python stateful DoFn has no MapState: its
 ReadModifyWrite, Combining and Set states are all bags under the hood, read and written whole):
 - `log`: an append-only bag; each batch appends ONE page holding just the devices it touched;
-- `level1`, `level2`: merged pages; when the log holds `LOG_PAGES` pages they are merged into
-  level 1, and level 1 into level 2 once it is half level 2's size (an LSM tree with 3 tiers:
-  each device's record is rewritten a small constant number of times, amortised).
+- `runs`: an append-only bag of merged pages; when the log holds `LOG_PAGES` pages they are merged
+  into one run (appended: nothing already written is rewritten);
+- `level2`: the merged page of everything older; the runs (and the log) are merged into it once they
+  hold as many records as it does, or `MAX_RUNS` runs (a tiered LSM tree: a device's record is
+  written about 3 times, amortised, whatever the shard's size; a level that grew with the shard and
+  was rewritten whole at every log merge made that 10x and more at 100K devices).
+- `level1`: the merged middle tier of layout version 1 stores; still read and merged, never written.
 A lookup searches the pages newest first (binary search per page). Reads are cheap when the SDK
 harness caches state across bundles (`--max_cache_memory_usage_mb`, Flink hands out cache tokens):
 the decoded pages stay in memory and only appends and merges go to the runner.
@@ -31,6 +35,7 @@ from core.acute_rules import FIRES, HIST, NEVER, SEEN, VIB, DeviceStates, fixed_
 VERSION = 1
 MAGIC = b"AS"
 LOG_PAGES = 8
+MAX_RUNS = 32
 _HEADER = struct.Struct("<2sBBIIIII")          # magic, version, flags, devices, hist, seen, vib, fires
 _T32_HIST, _T32_SEEN, _B32 = 1, 2, 4
 
@@ -44,10 +49,17 @@ class StateVersionError(ValueError):
 def _strings(values: np.ndarray) -> bytes:
     if values.dtype.kind == "S":
         grid, lengths = fixed_lengths(values)
-        if len(lengths) and lengths.max() > 0xFFFF:
+        width = grid.shape[1]
+        if width > 0xFFFF and len(lengths) and lengths.max() > 0xFFFF:
             raise ValueError("acute state: a string over 65535 bytes")
-        keep = np.arange(grid.shape[1])[None, :] < lengths[:, None]
-        return lengths.astype("<u2").tobytes() + grid[keep].tobytes()
+        pad = width - lengths
+        total = int(pad.sum())
+        if not total:
+            return lengths.astype("<u2").tobytes() + grid.tobytes()
+        # drop the padding bytes: positions of row r's pad run start at r * width + lengths[r]
+        run = np.arange(len(lengths)) * width + lengths - (np.cumsum(pad) - pad)
+        body = np.delete(grid.ravel(), np.repeat(run, pad) + np.arange(total))
+        return lengths.astype("<u2").tobytes() + body.tobytes()
     arr = pa.array(values, pa.string())
     _, off, data = arr.buffers()
     offsets = np.frombuffer(off, np.int32, len(arr) + 1)
@@ -160,13 +172,16 @@ class Cells(Protocol):
     def log(self) -> list[DeviceStates]: ...
     def append(self, page: DeviceStates) -> None: ...
     def clear_log(self) -> None: ...
+    def runs(self) -> list[DeviceStates]: ...
+    def add_run(self, page: DeviceStates) -> None: ...
+    def clear_runs(self) -> None: ...
     def level(self, i: int) -> DeviceStates | None: ...
     def set_level(self, i: int, page: DeviceStates | None) -> None: ...
 
 
 class MemoryCells:
     def __init__(self):
-        self._log, self._levels = [], {1: None, 2: None}
+        self._log, self._runs, self._levels = [], [], {1: None, 2: None}
         self.written_devices = 0            # devices written (appended or merged): write amplification
 
     def log(self):
@@ -178,6 +193,16 @@ class MemoryCells:
 
     def clear_log(self):
         self._log = []
+
+    def runs(self):
+        return list(self._runs)
+
+    def add_run(self, page):
+        self._runs.append(page)
+        self.written_devices += len(page)
+
+    def clear_runs(self):
+        self._runs = []
 
     def level(self, i):
         return self._levels[i]
@@ -192,23 +217,27 @@ def merge(pages_newest_first: list[DeviceStates], keep=None) -> DeviceStates:
     pages = [p for p in pages_newest_first if p is not None and len(p)]
     if not pages:
         return DeviceStates.empty()
-    allp = DeviceStates.concat(pages) if len(pages) > 1 else pages[0]
-    ids, first = np.unique(allp.ids, return_index=True)          # first occurrence = newest
-    if keep is not None:
-        first = first[keep(allp.take(first))]
-    return allp.take(first) if len(pages) > 1 or keep is not None else allp
+    if len(pages) == 1:
+        out = pages[0]
+    else:
+        sizes = np.array([len(p) for p in pages])
+        base = np.cumsum(sizes) - sizes
+        ids, first = np.unique(np.concatenate([p.ids for p in pages]), return_index=True)   # first = newest
+        page = np.searchsorted(base, first, "right") - 1
+        out = DeviceStates.gather(pages, page, first - base[page], ids)
+    return out.take(np.flatnonzero(keep(out))) if keep is not None else out
 
 
 class Store:
     """One shard's device states over `Cells`: lookups and writes touch only the batch's devices."""
 
-    def __init__(self, cells: Cells, log_pages: int = LOG_PAGES):
-        self._cells, self._log_pages = cells, log_pages
+    def __init__(self, cells: Cells, log_pages: int = LOG_PAGES, max_runs: int = MAX_RUNS):
+        self._cells, self._log_pages, self._max_runs = cells, log_pages, max_runs
         self._pages = None
 
     def _newest_first(self) -> list[DeviceStates]:
         if self._pages is None:
-            self._pages = [p for p in reversed(self._cells.log())] + \
+            self._pages = [p for p in reversed(self._cells.log())] + [p for p in reversed(self._cells.runs())] + \
                 [p for p in (self._cells.level(1), self._cells.level(2)) if p is not None]
         return self._pages
 
@@ -216,25 +245,23 @@ class Store:
         """States of the sorted unique `ids`, in that order. Devices the store does not hold get
         ``fill(their ids)`` (default: empty states)."""
         ids = fixed_width(ids)
-        found = np.zeros(len(ids), bool)
-        parts, where = [], []
-        for page in self._newest_first():
-            if not len(page) or found.all():
+        pages = list(self._newest_first())
+        page = np.full(len(ids), -1, np.int64)
+        pos = np.zeros(len(ids), np.int64)
+        for k, p in enumerate(pages):
+            todo = np.flatnonzero(page < 0)
+            if not len(todo):
+                break
+            if not len(p):
                 continue
-            pos = np.searchsorted(page.ids, ids)
-            posc = np.minimum(pos, len(page) - 1)
-            hit = ~found & (pos < len(page)) & (page.ids[posc] == ids)
-            if hit.any():
-                parts.append(page.take(posc[hit]))
-                where.append(np.flatnonzero(hit))
-                found |= hit
-        if not found.all():
-            parts.append((fill or DeviceStates.empty)(ids[~found]))
-            where.append(np.flatnonzero(~found))
-        merged = DeviceStates.concat(parts)
-        order = np.empty(len(ids), np.int64)
-        order[np.concatenate(where)] = np.arange(len(ids))
-        return merged.take(order)
+            at = np.minimum(np.searchsorted(p.ids, ids[todo]), len(p) - 1)
+            hit = p.ids[at] == ids[todo]
+            page[todo[hit]], pos[todo[hit]] = k, at[hit]
+        missing = np.flatnonzero(page < 0)
+        if len(missing):
+            pages.append((fill or DeviceStates.empty)(ids[missing]))
+            page[missing], pos[missing] = len(pages) - 1, np.arange(len(missing))
+        return DeviceStates.gather(pages, page, pos, ids)
 
     def write(self, page: DeviceStates) -> None:
         """Appends the touched devices' new states; merges tiers when the log is full."""
@@ -243,13 +270,15 @@ class Store:
         log = self._cells.log()
         if len(log) < self._log_pages:
             return
-        l1, l2 = self._cells.level(1), self._cells.level(2)
-        merged = merge(list(reversed(log)) + [l1])
-        if l2 is None or 2 * len(merged) >= len(l2):
-            self._cells.set_level(2, merge([merged, l2]))
+        run = merge(list(reversed(log)))
+        runs, l1, l2 = self._cells.runs(), self._cells.level(1), self._cells.level(2)
+        records = len(run) + sum(len(r) for r in runs) + (len(l1) if l1 is not None else 0)
+        if l2 is None or records >= len(l2) or len(runs) + 1 >= self._max_runs:
+            self._cells.set_level(2, merge([run] + list(reversed(runs)) + [l1, l2]))
             self._cells.set_level(1, None)
+            self._cells.clear_runs()
         else:
-            self._cells.set_level(1, merged)
+            self._cells.add_run(run)
         self._cells.clear_log()
 
     def compact(self, now_us: int, horizon_us: int) -> tuple[int, int]:
@@ -259,6 +288,7 @@ class Store:
         whole = merge(pages)
         kept = merge([whole], keep=lambda s: s.seen_at >= now_us - horizon_us)
         self._cells.clear_log()
+        self._cells.clear_runs()
         self._cells.set_level(1, None)
         self._cells.set_level(2, kept if len(kept) else None)
         self._pages = None

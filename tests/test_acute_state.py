@@ -117,6 +117,40 @@ def test_store_writes_only_touched_devices_and_finds_the_newest_record():
     assert store.lookup(np.array([last], object)).max_t[0] == T0 + 39 * 10 * S
 
 
+def test_a_store_written_with_a_level_1_tier_is_read_and_folded_into_level_2():
+    """Stores of state layout 1 kept a level-1 page (now runs are appended instead): a savepoint's
+    level 1 is still looked up, newer than level 2, and merged away with the runs."""
+    old_cells = MemoryCells()
+    old = Store(old_cells, log_pages=100)
+    run(old, ticks(["a", "b", "c"], 0.0, 1))
+    run(old, ticks(["b"], 10.0, 1))
+    pages = old_cells.log()                        # newest record of b in the 2nd page
+    cells = MemoryCells()
+    cells.set_level(2, pages[0])
+    cells.set_level(1, pages[1])
+    store = Store(cells, log_pages=2, max_runs=2)
+    assert store.lookup(np.array(["b"], object)).max_t[0] == T0 + 10 * S
+    run(store, ticks(["c"], 20.0, 1))
+    run(store, ticks(["d"], 20.0, 1))              # log full: merged into level 2 (runs >= level 2)
+    assert cells.level(1) is None and not cells.runs() and not cells.log()
+    got = store.lookup(np.array(["a", "b", "c", "d"], object))
+    assert list(got.max_t) == [T0, T0 + 10 * S, T0 + 20 * S, T0 + 20 * S]
+    assert store.devices() == 4
+
+
+def test_runs_take_the_log_merges_until_they_hold_as_many_records_as_level_2():
+    cells = MemoryCells()
+    store = Store(cells, log_pages=2, max_runs=8)
+    fleet = [f"d{k:03d}" for k in range(60)]
+    run(store, ticks(fleet, 0.0, 1))
+    run(store, ticks(fleet[:1], 10.0, 1))          # level 2: 60 devices
+    for step in range(2, 8):
+        run(store, ticks(fleet[step:step + 2], step * 10.0, 1))
+    assert cells.level(2) is not None and len(cells.level(2)) == 60 and len(cells.runs()) == 3
+    assert store.lookup(np.array(["d007"], object)).max_t[0] == T0 + 70 * S
+    assert store.devices() == 60
+
+
 def test_a_device_silent_past_its_horizon_leaves_no_state_behind():
     store = Store(MemoryCells(), log_pages=2)
     for step in range(5):

@@ -118,8 +118,8 @@ class PageCoder(Coder):
 class _BeamCells:
     """acute_state.Cells over the state cells of one shard key."""
 
-    def __init__(self, log_bag, level1, level2):
-        self._log, self._levels = log_bag, {1: level1, 2: level2}
+    def __init__(self, log_bag, runs_bag, level1, level2):
+        self._log, self._runs, self._levels = log_bag, runs_bag, {1: level1, 2: level2}
 
     def log(self):
         return list(self._log.read())
@@ -129,6 +129,15 @@ class _BeamCells:
 
     def clear_log(self):
         self._log.clear()
+
+    def runs(self):
+        return list(self._runs.read())
+
+    def add_run(self, page):
+        self._runs.add(page)
+
+    def clear_runs(self):
+        self._runs.clear()
 
     def level(self, i):
         return self._levels[i].read()
@@ -143,6 +152,7 @@ class _BeamCells:
 class _RulesFn(beam.DoFn):
     """Per shard: the store of its devices' states, updated batch by batch (arrival order kept)."""
     LOG = BagStateSpec("log", PageCoder())
+    RUNS = BagStateSpec("runs", PageCoder())     # added with state layout 2: empty in older savepoints
     LEVEL1 = ReadModifyWriteStateSpec("level1", PageCoder())
     LEVEL2 = ReadModifyWriteStateSpec("level2", PageCoder())
     EVICT_AT = ReadModifyWriteStateSpec("evict_at", VarIntCoder())
@@ -175,16 +185,13 @@ class _RulesFn(beam.DoFn):
             self._counters[name].inc(n)
 
     def process(self, element, ts=beam.DoFn.TimestampParam, log_bag=beam.DoFn.StateParam(LOG),
-                level1=beam.DoFn.StateParam(LEVEL1), level2=beam.DoFn.StateParam(LEVEL2),
-                evict_at=beam.DoFn.StateParam(EVICT_AT), timer=beam.DoFn.TimerParam(EVICT)):
+                runs_bag=beam.DoFn.StateParam(RUNS), level1=beam.DoFn.StateParam(LEVEL1),
+                level2=beam.DoFn.StateParam(LEVEL2), evict_at=beam.DoFn.StateParam(EVICT_AT),
+                timer=beam.DoFn.TimerParam(EVICT)):
         _, table = element
         arrived = int(ts.micros)
-        n = table.num_rows
-        batch = Batch(to_numpy(table["device_id"]).astype(object), to_numpy(table["event_id"]).astype(object),
-                      to_numpy(table["sensor_type"]).astype(object), to_numpy(table["t_us"]).astype(np.int64),
-                      to_numpy(table["value"]).astype(np.float64), to_numpy(table["model"]).astype(object),
-                      np.asarray(to_numpy(table["rated_current_a"]), np.float64), np.full(n, arrived, np.int64))
-        store = acute_state.Store(_BeamCells(log_bag, level1, level2))
+        batch = Batch.from_table(table, arrived)
+        store = acute_state.Store(_BeamCells(log_bag, runs_bag, level1, level2))
         ids, index = batch.devices()
         new, alerts, counts = evaluate(store.lookup(ids, self._warm_fill(ids, index, batch)), batch, self._config,
                                        dt.datetime.now(dt.timezone.utc), index)
@@ -215,11 +222,12 @@ class _RulesFn(beam.DoFn):
 
     @on_timer(EVICT)
     def evict(self, fired=beam.DoFn.TimestampParam, log_bag=beam.DoFn.StateParam(LOG),
-              level1=beam.DoFn.StateParam(LEVEL1), level2=beam.DoFn.StateParam(LEVEL2),
-              evict_at=beam.DoFn.StateParam(EVICT_AT), timer=beam.DoFn.TimerParam(EVICT)):
+              runs_bag=beam.DoFn.StateParam(RUNS), level1=beam.DoFn.StateParam(LEVEL1),
+              level2=beam.DoFn.StateParam(LEVEL2), evict_at=beam.DoFn.StateParam(EVICT_AT),
+              timer=beam.DoFn.TimerParam(EVICT)):
         """Compacts the shard's store, dropping devices silent past the horizon; re-arms while
         devices remain, no earlier than the next one could expire."""
-        store = acute_state.Store(_BeamCells(log_bag, level1, level2))
+        store = acute_state.Store(_BeamCells(log_bag, runs_bag, level1, level2))
         now = int(fired.micros)
         kept, evicted = store.compact(now, self._horizon_us)
         self._count("state_devices_evicted", evicted)
