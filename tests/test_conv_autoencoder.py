@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 
 import numpy as np
+import pyarrow.compute as pc
 import pytest
 
 from models import base as catalog
@@ -99,13 +100,22 @@ def test_save_load_gives_identical_scores_and_training_is_deterministic(fitted):
         ConvAutoencoderModel(length=3)
 
 
-def test_conv_autoencoder_is_a_catalog_model_served_by_the_registered_handler(tmp_path):
+def test_a_catalog_model_trained_served_by_the_registered_handler_and_scored_with_each_devices_history(
+        lake, tmp_path):
+    """Trained through the catalog, served by RegisteredModelHandler; in the score pipeline the blocks
+    (z, device ids) give it each device's windows in time order, so its scores are the model's own on
+    the sorted table (a window whose 4 predecessors lie in another source file may be padded instead)."""
+    from models.features import BASELINE_FILE, DeviceBaseline, matrix
+    from pipelines import score
+    from transforms import lake as lake_io
+
     start = dt.datetime(2026, 10, 1, tzinfo=dt.timezone.utc)
-    features, _ = synthetic.fleet_features(6, start, 2, seed=3, healthy_days=2)
+    features, _ = synthetic.fleet_features(5, start, 2, seed=4, healthy_days=2)
     assert catalog.get("conv_autoencoder") is ConvAutoencoderModel
     assert "conv_autoencoder" not in catalog.default_names()
-    versions = train(features, {}, str(tmp_path), TrainParams(ae_epochs=3), names=("conv_autoencoder",))
-    v = registry.load(tmp_path, "conv_autoencoder")
+    models = str(tmp_path / "models")
+    versions = train(features, {}, models, TrainParams(ae_epochs=2), names=("statistical", "conv_autoencoder"))
+    v = registry.load(models, "conv_autoencoder")
     assert v.metadata["kind"] == "numpy" and v.metadata["model_module"] == "models.conv_autoencoder"
     assert v.metadata["metrics"]["sequence_length"] == 5
     handler = handler_for("numpy", versions["conv_autoencoder"].path)
@@ -117,3 +127,20 @@ def test_conv_autoencoder_is_a_catalog_model_served_by_the_registered_handler(tm
     results = list(handler.run_inference([(z[:20], dev[:20]), (z[20:], dev[20:])], model))
     np.testing.assert_allclose(np.concatenate([r.inference[0] for r in results]), model.score(z, dev))
     assert results[1].inference[1].shape == (30, z.shape[1])
+
+    lake_io.append(lake, "features", features)
+    summary = score.run(["--lake", lake, "--models", models])
+    assert summary["models"] == {"statistical": "v0001", "conv_autoencoder": "v0001"}
+    scores = lake_io.read(lake, "scores")
+    mine = scores.filter(pc.equal(scores["model"], "conv_autoencoder"))
+    assert mine.num_rows == features.num_rows
+    got = {(d, w): s for d, w, s in zip(*[mine[c].to_pylist() for c in ("device_id", "window_start", "score")])}
+    table = features.sort_by([("device_id", "ascending"), ("window_start", "ascending")])
+    dev = np.asarray(table["device_id"].to_pylist(), dtype=object)
+    z = DeviceBaseline.from_bytes(registry.read_verified(v.path, BASELINE_FILE)).transform(dev, matrix(table))
+    expected = model.score(z, dev)
+    starts = table["window_start"].to_pylist()
+    history = [i >= 4 and dev[i - 4] == dev[i] and starts[i - 4].date() == starts[i].date() for i in range(len(dev))]
+    assert sum(history) > 0.5 * len(dev)
+    for i in np.flatnonzero(history):
+        assert got[(dev[i], starts[i])] == pytest.approx(expected[i], rel=1e-5), i
