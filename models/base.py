@@ -30,7 +30,7 @@ from models import registry
 
 # the registration line of each model: its module (imported on first use of the catalog)
 MODEL_MODULES: tuple[str, ...] = ("models.isolation_forest", "models.autoencoder", "models.statistical",
-                                  "models.pca")
+                                  "models.pca", "models.conv_autoencoder")
 
 
 class AnomalyModel(abc.ABC):
