@@ -107,7 +107,7 @@ def test_a_catalog_model_trained_served_by_the_registered_handler_and_scored_wit
     the sorted table (a window whose 4 predecessors lie in another source file may be padded instead)."""
     from models.features import BASELINE_FILE, DeviceBaseline, matrix
     from pipelines import score
-    from transforms import lake as lake_io
+    from core import lake as lake_io
 
     start = dt.datetime(2026, 10, 1, tzinfo=dt.timezone.utc)
     features, _ = synthetic.fleet_features(5, start, 2, seed=4, healthy_days=2)
