@@ -48,14 +48,17 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import yaml
 
+from schemas.sensors import SENSOR_TYPES
+
 US = 1_000_000
 MINUTE_US = 60 * US
 NEVER = np.iinfo(np.int64).min // 2            # "no time" (no reading yet, condition not cleared)
 # package data (setup.py ships core/config/*.yaml), read through importlib.resources: the same inside a
 # wheel or a zip as in a checkout. Parsed on the driver; the DoFns receive the RuleConfig as a value.
 DEFAULT_CONFIG = resources.files("core") / "config" / "acute_rules.yaml"
-SENSOR_CODES = {"compressor_current": 0, "suction_pressure": 1, "discharge_pressure": 2, "vibration": 3,
-                "temperature": 4}
+# codes in the sensor table's order: a new sensor type is appended there, so existing codes (in saved
+# rule state) keep their meaning
+SENSOR_CODES = {sensor: code for code, sensor in enumerate(SENSOR_TYPES)}
 
 
 # --- configuration -------------------------------------------------------------------------

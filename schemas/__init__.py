@@ -1,1 +1,1 @@
-"""Data contracts: pyarrow schemas, Beam row types, TFDV schemas and validation."""
+"""Data contracts: pyarrow schemas, the sensor table and the TFDV schema files generated from them (no Beam, no TensorFlow)."""
