@@ -10,7 +10,8 @@ import pyarrow.compute as pc
 import pytest
 
 from models import base as catalog
-from models import registry, synthetic
+from models import registry
+from simulation import synthetic
 from models.conv_autoencoder import ConvAutoencoderModel, sequences
 from models.handlers import RegisteredModelHandler, handler_for
 from pipelines.train import TrainParams, train
