@@ -271,15 +271,21 @@ def incident_alerts(alerts: pa.Table, scores: pa.Table, truth: list[dict], span:
         if status == "CLOSED" and "last_window_end" in c:
             inc["end"] = dt.datetime.fromisoformat(c["last_window_end"]).timestamp()
     judged = [i for i in incidents.values() if i["opened"] and lo <= i["start"] < hi]
-    overlaps = lambda spans, i: any(s < i["end"] and e > i["start"] for s, e in spans)  # noqa: E731
-    true = sum(overlaps(failures.get(i["device_id"], []), i) for i in judged)
-    fault = sum(not overlaps(failures.get(i["device_id"], []), i) and overlaps(faults.get(i["device_id"], []), i)
-                for i in judged)
+    on_failure = [_overlaps(failures.get(i["device_id"], []), i) for i in judged]
+    true = sum(on_failure)
+    fault = sum(not hit and _overlaps(faults.get(i["device_id"], []), i) for hit, i in zip(on_failure, judged))
     false = len(judged) - true - fault
-    per = lambda n: 1000.0 * n / device_days if device_days else None  # noqa: E731
+
+    def per_1000(n: int) -> float | None:
+        return 1000.0 * n / device_days if device_days else None
+
     return {"device_days": round(device_days, 3), "incidents": len(judged), "true": true, "data_fault": fault,
             "false": false, "high": sum(i["high"] for i in judged),
-            "per_1000_device_days": per(len(judged)), "false_per_1000_device_days": per(false)}
+            "per_1000_device_days": per_1000(len(judged)), "false_per_1000_device_days": per_1000(false)}
+
+
+def _overlaps(spans: list[tuple[float, float]], incident: dict) -> bool:
+    return any(s < incident["end"] and e > incident["start"] for s, e in spans)
 
 
 def _fmt(v, pattern="{:.2f}") -> str:
