@@ -31,6 +31,7 @@ import argparse
 import datetime as dt
 import json
 import os
+import pstats
 import re
 import subprocess
 import sys
@@ -74,6 +75,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--commit_interval_s", type=float, default=5, help="landing interval of the job")
     p.add_argument("--direct_readings", type=int, default=100000, help="readings fed to the DirectRunner")
     p.add_argument("--sample_s", type=float, default=2, help="seconds between lag/memory samples")
+    p.add_argument("--profile_sample_rate", type=float, default=0.0,
+                   help="share of bundles each SDK worker profiles with cProfile (Beam's --profile_cpu); the report "
+                        "then says where the Python time goes, per stage and per function (0: no profile; "
+                        "profiling slows the job, so compare capacities of unprofiled runs)")
     p.add_argument("--workdir", default="/tmp/bench_streaming", help="lake, logs and samples of the run")
     p.add_argument("--bootstrap_servers", default="127.0.0.1:9092", help="Kafka")
     p.add_argument("--job_endpoint", default=f"127.0.0.1:{os.environ.get('JOB_SERVER_PORT', '8099')}",
@@ -144,7 +149,15 @@ def rss_mb(pid: int) -> float:
 
 
 def pids(pattern: str) -> list[int]:
-    return [int(p) for p in subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True).stdout.split()]
+    """This checkout's processes matching `pattern`: their working directory is the project (services.sh
+    starts them there), so a second stack on other ports (another checkout) is not counted."""
+    def ours(pid: str) -> bool:
+        try:
+            return Path(os.readlink(f"/proc/{pid}/cwd")).is_relative_to(PROJECT_ROOT)
+        except OSError:
+            return False
+    found = subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True).stdout.split()
+    return [int(p) for p in found if ours(p)]
 
 
 def landed_rows(lake: str) -> int:
@@ -383,6 +396,7 @@ def job_args(args, lake: str, topic: str, group: str, parallelism: int) -> list[
             "--commit_interval_s", str(args.commit_interval_s), "--runner=PortableRunner",
             f"--job_endpoint={args.job_endpoint}", "--environment_type=EXTERNAL",
             f"--environment_config=127.0.0.1:{os.environ.get('SDK_WORKER_POOL_PORT', '50000')}",
+            f"--expansion_service=127.0.0.1:{os.environ.get('KAFKA_EXPANSION_PORT', '8096')}",
             f"--sdk_worker_parallelism={parallelism}", "--default_environment_type=EMBEDDED",
             "--max_bundle_time_mills=100", "--checkpointing_interval=30000", f"--parallelism={parallelism}"]
 
@@ -414,7 +428,9 @@ def run_flink(args, workdir: Path, devices: int, parallelism: int) -> dict:
     print(f"  prefilled {filled['readings']:,} readings in {filled['messages']:,} messages in {filled['seconds']} s "
           f"({filled['readings_per_s']:,}/s); starting the job", flush=True)
     known = {j["jid"] for j in flink_jobs.jobs()}
-    job = flink_jobs.start("pipelines.streaming", job_args(args, lake, topic, group, parallelism), log)
+    profiling = [] if not args.profile_sample_rate else [
+        "--profile_cpu", f"--profile_location={run_dir / 'profile'}", f"--profile_sample_rate={args.profile_sample_rate}"]
+    job = flink_jobs.start("pipelines.streaming", job_args(args, lake, topic, group, parallelism) + profiling, log)
     jid = None
     offsets = Offsets(args.bootstrap_servers, topic, group)
     sampler = Sampler(lake, offsets, args.sample_s)
@@ -452,7 +468,35 @@ def run_flink(args, workdir: Path, devices: int, parallelism: int) -> dict:
             "peak_taskmanager_mb": round(max(s["taskmanager_mb"] for s in samples)),
             "peak_sdk_worker_mb": max((max(s["sdk_workers_mb"], default=0) for s in samples), default=0),
             "sdk_workers": max(len(s["sdk_workers_mb"]) for s in samples),
+            "profile": profile_summary(run_dir / "profile" / "cpu_profile"),
             "samples_file": str(run_dir / "samples.json")}
+
+
+# Where a profiled bundle's time goes: the project's stage functions (cumulative, so a stage counts
+# what it calls) and the functions with the most time of their own.
+STAGES = {"decode": "transforms/decode.py", "landing": "transforms/landing.py", "acute rules": "transforms/acute.py"}
+
+
+def profile_summary(cpu_dir: Path, top: int = 12) -> dict | None:
+    files = [str(f) for f in sorted(cpu_dir.glob("*")) if not f.name.endswith(".tmp")] if cpu_dir.is_dir() else []
+    if not files:
+        return None
+    stats = pstats.Stats(files[0])
+    for f in files[1:]:
+        stats.add(f)
+    total = sum(tt for _, _, tt, _, _ in stats.stats.values()) or 1e-9
+    stage_s = Counter()
+    for (path, _, name), (_, _, _, ct, callers) in stats.stats.items():
+        for stage, suffix in STAGES.items():
+            # a stage's entry points: its functions called from outside the stage's module
+            if path.endswith(suffix) and not any(c[0].endswith(suffix) for c in callers):
+                stage_s[stage] += ct
+    own = sorted(stats.stats.items(), key=lambda kv: -kv[1][2])[:top]
+    return {"bundles": len(files), "profiled_s": round(total, 1),
+            "stage_share": {k: round(v / total, 3) for k, v in stage_s.most_common()},
+            "top_own_time": [{"function": name if path == "~" else f"{Path(path).parent.name}/{Path(path).name}:{line}({name})",
+                              "share": round(tt / total, 3), "calls": nc}
+                             for (path, line, name), (_, nc, tt, _, _) in own]}
 
 
 def read_messages(bootstrap: str, topic: str, limit: int):
@@ -520,12 +564,23 @@ def table(result: dict) -> str:
                          f"{st['p50_s'] if st['p50_s'] is not None else '-':>6} "
                          f"{st['p99_s'] if st['p99_s'] is not None else '-':>6} {st['critical_alerts']:>6} "
                          f"{r['peak_taskmanager_mb']:>6} {r['peak_sdk_worker_mb']:>7}")
+        for r in runs:
+            if r.get("profile"):
+                lines += profile_lines(r)
     d = result.get("direct")
     if d:
         lines += ["", d["runner"], f"  {d['messages']:,} messages of {d['readings']:,} readings, {d['landed']:,} landed in {d['seconds']} s: "
                   f"{d['readings_per_s']:,} readings/s; {d['latency']['critical_alerts']} CRITICAL alerts"]
     lines += ["", "goals:"] + [f"  {g}" for g in result["goals"]]
     return "\n".join(lines)
+
+
+def profile_lines(r: dict) -> list[str]:
+    prof = r["profile"]
+    stages = ", ".join(f"{k} {v:.0%}" for k, v in prof["stage_share"].items())
+    lines = ["", f"  profile of {r['devices']:,} devices, parallelism {r['parallelism']}: {prof['bundles']:,} bundles, "
+                 f"{prof['profiled_s']} s of Python; stages (cumulative): {stages}", "  own time:"]
+    return lines + [f"    {f['share']:>6.1%} {f['calls']:>10,}  {f['function']}" for f in prof["top_own_time"]]
 
 
 def _met(ok: bool) -> str:
