@@ -63,6 +63,9 @@ def arg_parser() -> argparse.ArgumentParser:
     p.add_argument("--title", default="Compressor fleet: run report", help="report title")
     p.add_argument("--started_at", type=_started_at, default=None,
                    help="when the run started (ISO-8601, naive = UTC, or epoch seconds): the header shows the wall time")
+    p.add_argument("--eval_from", type=cli.utc_datetime, default=None,
+                   help="judge detection from this UTC time on, as pipelines.evaluate --eval_from does (run_local: "
+                        "the end of the training span; default: the first scored window)")
     p.add_argument("--window_size", default=None, help="score window size for sections 4-5 (None: 1h if scored, else the first scored size)")
     p.add_argument("--maintenance_json", default=None,
                    help="summary JSON of pipelines.maintain (--json): the header shows file counts before and after")

@@ -298,6 +298,7 @@ def main(argv: list[str] | None = None) -> int:
                "--json", str(data / "maintenance.json"), "--now", stream_end.isoformat(), *runner)
     code = stages.run("report", "pipelines.report", "--lake", lake, "--out", str(data / "report.html"),
                       "--started_at", started_at.isoformat(), "--maintenance_json", str(data / "maintenance.json"),
+                      "--eval_from", train_end.isoformat(),
                       ok_codes=(0, 1))
     total = time.monotonic() - stages.t0
     print(f"\n==> done in {total / 60:.1f} min; report {data / 'report.html'}"

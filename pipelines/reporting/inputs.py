@@ -110,7 +110,7 @@ def gather(opts: argparse.Namespace) -> ReportData:
     active = set(devices.filter(pl.col("active")).get_column("device_id").to_list())
     data.traces = [read_trace(root, r, truth, alerts)
                    for r in pick_trace_incidents(truth, alerts, active, opts.max_traces)]
-    add_detection(data, truth, opts.window_size)
+    add_detection(data, truth, opts.window_size, opts.eval_from)
     return data
 
 
@@ -154,7 +154,9 @@ def run_facts(root: str, landing: pl.DataFrame, devices: pl.DataFrame, opts: arg
     return facts
 
 
-def add_detection(data: ReportData, truth: list[dict], window_size: str | None) -> None:
+def add_detection(data: ReportData, truth: list[dict], window_size: str | None,
+                  eval_from: dt.datetime | None = None) -> None:
+    """Detection quality as pipelines.evaluate judges it: same windows, same span (``eval_from``)."""
     if lake.open_table(data.lake, "scores") is None:
         data.detection_error = "no scores table"
         return
@@ -167,6 +169,6 @@ def add_detection(data: ReportData, truth: list[dict], window_size: str | None) 
     if not truth:
         data.detection_error = f"no ground truth under {data.truth_dir}"
         return
-    data.detection = ev.evaluate(data.scores, truth)
+    data.detection = ev.evaluate(data.scores, truth, eval_from)
 
 
