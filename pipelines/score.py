@@ -58,7 +58,8 @@ from pipelines.options import JoinVersions, LakeOptions, ModelsOptions, WindowSi
 from transforms import delta
 from core import lake
 from transforms.arrow import ReadParquetChunks, SideTable
-from transforms.scoring import APP, MODEL_ALERT_RULE, ModelRef, ScoreWindows, ensemble_version, incident_rows
+from transforms.scoring import (APP, MODEL_ALERT_RULE, OPEN_AFTER, ModelRef, ScoreWindows, ensemble_version,
+                                incident_rows)
 
 log = logging.getLogger("score")
 WINDOW_SECONDS = {"30s": 30, "1m": 60, "5m": 300, "15m": 900, "30m": 1800, "1h": 3600, "6h": 21600, "1d": 86400}
@@ -168,7 +169,8 @@ def plan_rescore(lake_root: str, models_root: str, window_size: str, requested: 
 
 def prior_state(lake_root: str, window_size: str, files: list[delta.DeltaFile], version: int | None = None,
                 high_factor: float = ensemble.DEFAULT_HIGH_FACTOR, prefer_version: str | None = None, *,
-                gap: int = 2, escalate_after: int = 6, top_k: int = 3, max_lookback_days: int = 64) -> dict:
+                gap: int = 2, escalate_after: int = 6, top_k: int = 3, max_lookback_days: int = 64,
+                open_after: int = OPEN_AFTER) -> dict:
     """Each device's incident still open before the new windows (device -> Incident), replayed by
     :func:`transforms.scoring.incident_rows` from the ensemble rows of the scores table at ``version``
     (default: the latest). The days read start 2 days before the new windows and double while an
@@ -207,7 +209,7 @@ def prior_state(lake_root: str, window_size: str, files: list[delta.DeltaFile], 
         for device, windows in by_device.items():
             _, inc = incident_rows(device, windows, None, window_s=window_s, gap=gap, high_factor=high_factor,
                                    escalate_after=escalate_after, detected_at=dt.datetime.now(dt.timezone.utc),
-                                   top_k=top_k)
+                                   top_k=top_k, open_after=open_after)
             if inc is not None:
                 out[device] = inc
         since_dt = dt.datetime.combine(since, dt.time(tzinfo=dt.timezone.utc))
@@ -387,6 +389,9 @@ class ScoreOptions(LakeOptions, ModelsOptions, WindowSizeOptions, PipelineOption
         g.add_argument("--episode_gap", type=int, default=2,
                        help="anomalous windows at most this many windows apart belong to one incident; it closes "
                             "once the device's windows are this many windows past its last anomalous one")
+        g.add_argument("--open_after", type=int, default=OPEN_AFTER,
+                       help="an incident that is not HIGH is raised (OPEN, WARNING) once it lasts this many "
+                            "anomalous windows (1: every anomalous window opens one)")
         g.add_argument("--escalate_after", type=int, default=6,
                        help="an incident escalates WARNING -> HIGH once it reaches HIGH or lasts this many "
                             "anomalous windows")
@@ -405,11 +410,11 @@ def _scored(pipeline, plan: ScorePlan, opts) -> dict:
             prior_version = lake.find_commit(opts.lake, "scores", plan.commit_id("scores")) - 1
         prior = prior_state(opts.lake, plan.window_size, plan.files, prior_version, opts.high_factor,
                             prefer_version=ensemble_version(plan.models), gap=opts.episode_gap,
-                            escalate_after=opts.escalate_after, top_k=opts.top_k)
+                            escalate_after=opts.escalate_after, top_k=opts.top_k, open_after=opts.open_after)
     out = tables | "Score" >> ScoreWindows(plan.models, plan.window_size, window_seconds(plan.window_size),
                                            block_rows=opts.block_rows, high_factor=opts.high_factor,
                                            top_k=opts.top_k, episode_gap=opts.episode_gap, prior=prior,
-                                           escalate_after=opts.escalate_after)
+                                           escalate_after=opts.escalate_after, open_after=opts.open_after)
     span = scored_span(plan.files)
     if plan.rescore:      # rows of these versions already written (e.g. a model the regular runs use) stay
         written = pipeline | "ScoredKeys" >> ScoredKeys(opts.lake, span, plan.models)

@@ -17,7 +17,7 @@ UTC = dt.timezone.utc
 T0 = dt.datetime(2026, 10, 1, tzinfo=UTC)
 AT = dt.datetime(2026, 10, 5, tzinfo=UTC)
 H = dt.timedelta(hours=1)
-KW = dict(window_s=3600.0, gap=1, high_factor=2.0, escalate_after=4, detected_at=AT, top_k=3)
+KW = dict(window_s=3600.0, gap=1, high_factor=2.0, escalate_after=4, detected_at=AT, top_k=3, open_after=1)
 
 
 def windows(marks: str, device_tops=("vibration_max", "vibration_std", "temperature_mean"), offset: int = 0):
@@ -97,13 +97,33 @@ def test_gaps_within_episode_gap_and_windows_not_scored():
     assert [(s[0], s[2]) for s in summary(rows)] == [(OPEN, T0), (CLOSED, T0 + 5 * H), (OPEN, T0 + 5 * H)]
 
 
+def test_a_lone_anomalous_window_raises_nothing_when_incidents_open_after_two():
+    kw = dict(KW, open_after=2)
+    rows, open_ = incident_rows("d1", windows("..w...w.."), None, **kw)
+    assert rows == [] and open_ is None
+    # two in a row open it, with the first window as its event time; a HIGH window opens it at once
+    rows, _ = incident_rows("d1", windows("..ww...h.."), None, **kw)
+    assert [(s[0], s[1], s[2], s[4], s[5]) for s in summary(rows)] == [
+        (OPEN, "WARNING", T0 + 2 * H, 2, "persisted"), (CLOSED, "WARNING", T0 + 5 * H, 2, "normal"),
+        (OPEN, "HIGH", T0 + 7 * H, 1, "score"), (CLOSED, "HIGH", T0 + 9 * H, 1, "normal")]
+    assert rows[0]["alert_id"] == incident_alert_id("d1", T0 + 2 * H, OPEN)
+
+
+def test_a_pending_incident_continues_across_runs():
+    kw = dict(KW, open_after=2)
+    first_rows, pending = incident_rows("d1", windows("w"), None, **kw)
+    assert first_rows == [] and (pending.level, pending.windows) == (0, 1)
+    rows, _ = incident_rows("d1", windows("ww.."), pending, **kw)
+    assert [(s[0], s[2], s[4]) for s in summary(rows)] == [(OPEN, T0, 2), (CLOSED, T0 + 3 * H, 2)]
+
+
 def test_the_incidents_dofn_groups_normal_and_anomalous_windows_of_a_device():
     marks = windows("ww..")
     elements = [("d1", w) for w in marks if w["anomalous"]] + \
         [("d1", {"normal": [w for w in marks if not w["anomalous"]]})]
     with TestPipeline() as p:
         out = (p | beam.Create(elements) | beam.GroupByKey()
-               | beam.ParDo(_Incidents(3600.0, 1, [], {}, AT, 2.0, 4, 3))
+               | beam.ParDo(_Incidents(3600.0, 1, [], {}, AT, 2.0, 4, 3, 1))
                | beam.FlatMap(lambda t: [(r["alert_id"], r["severity"]) for r in t.to_pylist()]))
         assert_that(out, equal_to([(incident_alert_id("d1", T0, OPEN), "WARNING"),
                                    (incident_alert_id("d1", T0, CLOSED), "WARNING")]))

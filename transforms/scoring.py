@@ -7,8 +7,9 @@ scores rows and model alerts.
     windows --by device--> incidents --> OPEN / ESCALATED / CLOSED alert rows (Arrow, WARNING / HIGH)
 
 Model alerts are incidents (issue 14 item 7): consecutive anomalous windows of a device form one
-incident, opened once (WARNING), escalated once to HIGH when it reaches HIGH or persists, closed when
-the device is normal again; each row names the incident's top contributing sensors
+incident, opened once (WARNING) when it is HIGH or has lasted ``OPEN_AFTER`` windows (one anomalous
+window alone is the most common false alarm), escalated once to HIGH when it reaches HIGH or persists,
+closed when the device is normal again; each row names the incident's top contributing sensors
 (:func:`incident_rows`). The alerts contract is unchanged: status, incident id and sensors are in
 ``context``.
 
@@ -228,7 +229,10 @@ def _widen(contrib: np.ndarray, model: ModelRef) -> np.ndarray:
 
 MODEL_ALERT_RULE = "MODEL_ENSEMBLE"
 OPEN, ESCALATED, CLOSED = "OPEN", "ESCALATED", "CLOSED"
-LEVELS = {1: "WARNING", 2: "HIGH"}
+LEVELS = {1: "WARNING", 2: "HIGH"}          # level 0: pending, not yet raised
+# anomalous windows in a row before an incident that never reached HIGH is raised: a lone window is the
+# commonest false alarm, and a real fault lasts (acute ones are the streaming rules' job)
+OPEN_AFTER = 2
 
 
 def incident_alert_id(device_id: str, first_window_start: dt.datetime, status: str) -> str:
@@ -262,12 +266,15 @@ class Incident:
 
 def incident_rows(device: str, windows: list[dict], prior: Incident | None, *, window_s: float, gap: int,
                   high_factor: float, escalate_after: int, detected_at: dt.datetime, top_k: int = 3,
-                  versions: dict | None = None, thresholds: dict | None = None) -> tuple[list[dict], Incident | None]:
+                  open_after: int = OPEN_AFTER, versions: dict | None = None,
+                  thresholds: dict | None = None) -> tuple[list[dict], Incident | None]:
     """The alert rows of a device's scored ensemble windows (``anomalous`` ones with severity, score and
     top features, and normal ones), continuing ``prior``; returns (rows, the incident still open).
 
-    One incident per run of anomalous windows: an OPEN row (WARNING, or HIGH when its first window is
-    HIGH) at its first window; one ESCALATED row (HIGH) at the window where it first reaches HIGH or
+    One incident per run of anomalous windows: an OPEN row (WARNING, or HIGH when it opens on a HIGH
+    window) at the window where it is first HIGH or has lasted ``open_after`` anomalous windows, with
+    the incident's first window as event time (a run that ends before that raises nothing: level 0,
+    pending); one ESCALATED row (HIGH) at the window where it first reaches HIGH or
     has lasted ``escalate_after`` anomalous windows; a CLOSED row at the first window that starts
     ``gap`` windows after its last anomalous one (the device is normal again). Ids are deterministic
     (device, first window, status), so a rerun writes the same rows."""
@@ -280,8 +287,9 @@ def incident_rows(device: str, windows: list[dict], prior: Incident | None, *, w
         start = w["window_start"]
         limit = None if inc is None else inc.last_end + dt.timedelta(seconds=gap * window_s)
         if inc is not None and (start > limit or (not w["anomalous"] and start >= limit)):
-            rows.append(_incident_row(inc, CLOSED, w, inc.max_score, "normal", detected_at, top_k, versions,
-                                      thresholds, high_factor))
+            if inc.level > 0:
+                rows.append(_incident_row(inc, CLOSED, w, inc.max_score, "normal", detected_at, top_k, versions,
+                                          thresholds, high_factor))
             inc = None
         if w["anomalous"]:
             high = w["score"] >= high_factor
@@ -290,19 +298,21 @@ def incident_rows(device: str, windows: list[dict], prior: Incident | None, *, w
                 for sensor in feature_sensors(f):
                     weights[sensor] = weights.get(sensor, 0) + (top_k - rank)
             if inc is None:
-                inc = Incident(device, start, w["window_end"], 2 if high else 1, 1, w["score"], weights)
-                rows.append(_incident_row(inc, OPEN, w, w["score"], "score", detected_at, top_k, versions,
-                                          thresholds, high_factor))
+                inc = Incident(device, start, w["window_end"], 0, 1, w["score"], weights)
             else:
                 inc.windows += 1
                 inc.last_end = w["window_end"]
                 inc.max_score = max(inc.max_score, w["score"])
                 for sensor, v in weights.items():
                     inc.sensors[sensor] = inc.sensors.get(sensor, 0) + v
-                if inc.level == 1 and (high or inc.windows >= escalate_after):
-                    inc.level = 2
-                    rows.append(_incident_row(inc, ESCALATED, w, w["score"], "score" if high else "persisted",
-                                              detected_at, top_k, versions, thresholds, high_factor))
+            if inc.level == 0 and (high or inc.windows >= open_after):
+                inc.level = 2 if high else 1
+                rows.append(_incident_row(inc, OPEN, w, w["score"], "score" if high or inc.windows == 1 else "persisted",
+                                          detected_at, top_k, versions, thresholds, high_factor))
+            elif inc.level == 1 and (high or inc.windows >= escalate_after):
+                inc.level = 2
+                rows.append(_incident_row(inc, ESCALATED, w, w["score"], "score" if high else "persisted",
+                                          detected_at, top_k, versions, thresholds, high_factor))
         seen = start
     if inc is not None:
         inc.seen_until = seen
@@ -333,8 +343,9 @@ class _Incidents(beam.DoFn):
     continuing the incident a previous run left open (``prior``: device -> Incident)."""
 
     def __init__(self, window_s: float, gap: int, models: list[ModelRef], prior: dict, detected_at: dt.datetime,
-                 high_factor: float, escalate_after: int, top_k: int):
+                 high_factor: float, escalate_after: int, top_k: int, open_after: int):
         self._window_s, self._gap, self._high, self._escalate, self._k = window_s, gap, high_factor, escalate_after, top_k
+        self._open_after = open_after
         self._versions = {m.name: m.version for m in models}
         self._thresholds = {m.name: m.threshold for m in models}
         self._prior, self._at = prior, detected_at
@@ -346,7 +357,8 @@ class _Incidents(beam.DoFn):
         windows = [w for part in parts for w in (part["normal"] if "normal" in part else [part])]
         rows, _ = incident_rows(device, windows, self._prior.get(device), window_s=self._window_s, gap=self._gap,
                                 high_factor=self._high, escalate_after=self._escalate, detected_at=self._at,
-                                top_k=self._k, versions=self._versions, thresholds=self._thresholds)
+                                top_k=self._k, open_after=self._open_after, versions=self._versions,
+                                thresholds=self._thresholds)
         for r in rows:
             self._counts[json.loads(r["context"])["status"]].inc()
         self._alerts.inc(len(rows))
@@ -359,9 +371,10 @@ class ScoreWindows(beam.PTransform):
 
     def __init__(self, models: list[ModelRef], window_size: str, window_s: float, *, block_rows: int = 4096,
                  high_factor: float = ensemble.DEFAULT_HIGH_FACTOR, top_k: int = 3, episode_gap: int = 2,
-                 prior: dict | None = None, now: dt.datetime | None = None, vote: ensemble.KOfN = ensemble.DEFAULT_VOTE, escalate_after: int = 6):
+                 prior: dict | None = None, now: dt.datetime | None = None, vote: ensemble.KOfN = ensemble.DEFAULT_VOTE, escalate_after: int = 6,
+                 open_after: int = OPEN_AFTER):
         super().__init__()
-        self._escalate = escalate_after
+        self._escalate, self._open_after = escalate_after, open_after
         self._vote = vote
         self._models, self._ws, self._window_s = models, window_size, window_s
         self._block_rows, self._high, self._k, self._gap = block_rows, high_factor, top_k, episode_gap
@@ -383,5 +396,6 @@ class ScoreWindows(beam.PTransform):
         alerts = (built[_BuildScores.ANOMALIES]
                   | "ByDevice" >> beam.GroupByKey()
                   | "Incidents" >> beam.ParDo(_Incidents(self._window_s, self._gap, self._models, self._prior,
-                                                         self._now, self._high, self._escalate, self._k)))
+                                                         self._now, self._high, self._escalate, self._k,
+                                                         self._open_after)))
         return {"scores": built.scores, "alerts": alerts}
