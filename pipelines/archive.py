@@ -66,4 +66,4 @@ main = cli.entry_point(run)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cli.exit_process(main)

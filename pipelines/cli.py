@@ -2,9 +2,13 @@
 from __future__ import annotations
 
 import argparse
+import atexit
 import logging
 import os
+import sys
+import traceback
 import warnings
+from typing import Callable, NoReturn
 
 from core.timestamps import utc_datetime  # noqa: F401  (the argparse type of the entry points' dates)
 from transforms.runs import is_dry_run, metric_counters, print_summary  # noqa: F401  (every entry point's)
@@ -24,6 +28,32 @@ def entry_point(run, ok=lambda summary: True):
         setup_logging()
         return 0 if ok(run(argv)) else 1
     return main
+
+
+def exit_process(main: Callable[[], int | None]) -> NoReturn:
+    """Runs an entry point's ``main`` and ends the process with its exit code, skipping only the
+    interpreter's native teardown.
+
+    pyarrow's (and TensorFlow's) C++ thread pools are sometimes destroyed while a worker is still
+    joinable during CPython finalization, and the process aborts with "terminate called without an
+    active exception" (exit -6) after its work is done (apache/arrow#34314). Exit handlers still
+    run (logging, Beam's subprocess cleanup); only the static destructors are skipped."""
+    try:
+        code = main()
+    except SystemExit as stop:  # argparse's --help and usage errors
+        code = stop.code
+    except KeyboardInterrupt:
+        code = 130
+    except BaseException:  # noqa: BLE001  (reported as the interpreter would, with its exit code)
+        traceback.print_exc()
+        code = 1
+    if isinstance(code, str):
+        print(code, file=sys.stderr)
+        code = 1
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    os._exit(code or 0)
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):

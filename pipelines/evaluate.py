@@ -64,6 +64,9 @@ MODE_ORDER = list(GRADUAL_MODES) + list(ACUTE_MODES)
 
 
 def load_truth(path: str | Path) -> list[dict]:
+    if not Path(path).is_file():
+        raise SystemExit(f"evaluate: no ground truth at {path}; give --ground_truth (the simulator's "
+                         "ground_truth/backfill.jsonl)")
     rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
     for r in rows:
         r["start_s"] = dt.datetime.fromisoformat(r["start"]).timestamp()
@@ -380,4 +383,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cli.exit_process(main)

@@ -105,4 +105,4 @@ main = cli.entry_point(run, ok=lambda summary: not summary["errors"])
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cli.exit_process(main)

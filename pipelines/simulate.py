@@ -242,4 +242,4 @@ def _span(versions: list[int]) -> str:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cli.exit_process(main)

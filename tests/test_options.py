@@ -4,12 +4,15 @@ from __future__ import annotations
 import argparse
 import importlib
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from apache_beam.options import pipeline_options as po
 
 from pipelines import cli
+from tests.conftest import PROJECT_ROOT
 
 PIPELINES = Path(__file__).resolve().parent.parent / "pipelines"
 ENTRY_POINTS = sorted(p.stem for p in PIPELINES.glob("*.py") if 'if __name__ == "__main__":' in p.read_text())
@@ -89,3 +92,23 @@ def test_dashed_spellings_are_refused():
     from pipelines import simulate
     with pytest.raises(SystemExit):
         simulate.parse_args(["--backfill-days", "1"])
+
+
+def _exit_process(body: str) -> subprocess.CompletedProcess:
+    script = ("import atexit, sys\nfrom pipelines import cli\n"
+              "atexit.register(lambda: print('exit handler ran', flush=True))\n" + body)
+    return subprocess.run([sys.executable, "-c", script], cwd=PROJECT_ROOT, capture_output=True, text=True,
+                          timeout=120)
+
+
+@pytest.mark.parametrize("body, code, stdout, stderr", [
+    ("print('done', end=''); cli.exit_process(lambda: 3)", 3, "doneexit handler ran\n", ""),
+    ("cli.exit_process(lambda: None)", 0, "exit handler ran\n", ""),
+    ("cli.exit_process(lambda: sys.exit('bad option'))", 1, "exit handler ran\n", "bad option\n"),
+    ("def main():\n    raise ValueError('boom')\ncli.exit_process(main)", 1, "exit handler ran\n", "ValueError: boom"),
+])
+def test_exit_process_keeps_the_exit_code_output_and_exit_handlers(body, code, stdout, stderr):
+    proc = _exit_process(body)
+    assert proc.returncode == code, proc.stderr
+    assert proc.stdout == stdout
+    assert stderr in proc.stderr
