@@ -57,19 +57,18 @@ from pipelines import cli
 from pipelines.options import JoinVersions, LakeOptions, ModelsOptions, WindowSizeOptions, parse_model_versions
 from transforms import delta
 from core import lake
+from core.windows import parse_window_sizes
 from transforms.arrow import ReadParquetChunks, SideTable
-from transforms.scoring import (APP, MODEL_ALERT_RULE, OPEN_AFTER, ModelRef, ScoreWindows, ensemble_version,
+from transforms.scoring import (APP, MODEL_ALERT_RULE, IncidentPolicy, ModelRef, ScoreWindows, ensemble_version,
                                 incident_rows)
 
+DEFAULT_POLICY = IncidentPolicy()
+
 log = logging.getLogger("score")
-WINDOW_SECONDS = {"30s": 30, "1m": 60, "5m": 300, "15m": 900, "30m": 1800, "1h": 3600, "6h": 21600, "1d": 86400}
 
 
 def window_seconds(window_size: str) -> float:
-    if window_size in WINDOW_SECONDS:
-        return WINDOW_SECONDS[window_size]
-    unit = {"s": 1, "m": 60, "h": 3600, "d": 86400}[window_size[-1]]
-    return float(window_size[:-1]) * unit
+    return float(parse_window_sizes(window_size)[0].seconds)
 
 
 @dataclass
@@ -168,9 +167,8 @@ def plan_rescore(lake_root: str, models_root: str, window_size: str, requested: 
 
 
 def prior_state(lake_root: str, window_size: str, files: list[delta.DeltaFile], version: int | None = None,
-                high_factor: float = ensemble.DEFAULT_HIGH_FACTOR, prefer_version: str | None = None, *,
-                gap: int = 2, escalate_after: int = 6, top_k: int = 3, max_lookback_days: int = 64,
-                open_after: int = OPEN_AFTER) -> dict:
+                policy: IncidentPolicy = IncidentPolicy(), prefer_version: str | None = None, *,
+                max_lookback_days: int = 64) -> dict:
     """Each device's incident still open before the new windows (device -> Incident), replayed by
     :func:`transforms.scoring.incident_rows` from the ensemble rows of the scores table at ``version``
     (default: the latest). The days read start 2 days before the new windows and double while an
@@ -207,9 +205,8 @@ def prior_state(lake_root: str, window_size: str, files: list[delta.DeltaFile], 
                        "anomalous": r["is_anomaly"], "top_features": r["top_features"] or []})
         out = {}
         for device, windows in by_device.items():
-            _, inc = incident_rows(device, windows, None, window_s=window_s, gap=gap, high_factor=high_factor,
-                                   escalate_after=escalate_after, detected_at=dt.datetime.now(dt.timezone.utc),
-                                   top_k=top_k, open_after=open_after)
+            _, inc = incident_rows(device, windows, None, window_s=window_s, policy=policy,
+                                   detected_at=dt.datetime.now(dt.timezone.utc))
             if inc is not None:
                 out[device] = inc
         since_dt = dt.datetime.combine(since, dt.time(tzinfo=dt.timezone.utc))
@@ -383,16 +380,16 @@ class ScoreOptions(LakeOptions, ModelsOptions, WindowSizeOptions, PipelineOption
         g.add_argument("--upto_features_version", type=int, default=None,
                        help="newest features version to consume (default: the latest)")
         g.add_argument("--block_rows", type=int, default=4096, help="feature windows per RunInference element")
-        g.add_argument("--high_factor", type=float, default=ensemble.DEFAULT_HIGH_FACTOR,
+        g.add_argument("--high_factor", type=float, default=DEFAULT_POLICY.high_factor,
                        help="ensemble score (median of score/threshold) from which an alert is HIGH")
-        g.add_argument("--top_k", type=int, default=3, help="top contributing features kept per anomalous window")
-        g.add_argument("--episode_gap", type=int, default=2,
+        g.add_argument("--top_k", type=int, default=DEFAULT_POLICY.top_k, help="top contributing features kept per anomalous window")
+        g.add_argument("--episode_gap", type=int, default=DEFAULT_POLICY.gap,
                        help="anomalous windows at most this many windows apart belong to one incident; it closes "
                             "once the device's windows are this many windows past its last anomalous one")
-        g.add_argument("--open_after", type=int, default=OPEN_AFTER,
+        g.add_argument("--open_after", type=int, default=DEFAULT_POLICY.open_after,
                        help="an incident that is not HIGH is raised (OPEN, WARNING) once it lasts this many "
                             "anomalous windows (1: every anomalous window opens one)")
-        g.add_argument("--escalate_after", type=int, default=6,
+        g.add_argument("--escalate_after", type=int, default=DEFAULT_POLICY.escalate_after,
                        help="an incident escalates WARNING -> HIGH once it reaches HIGH or lasts this many "
                             "anomalous windows")
 
@@ -402,19 +399,18 @@ def _scored(pipeline, plan: ScorePlan, opts) -> dict:
     tables = (pipeline
               | "FeatureFiles" >> beam.Create([(f.uri, f.partition_values) for f in plan.files])
               | "ReadFeatures" >> beam.ParDo(_ReadFeatureFile()))
+    policy = IncidentPolicy(high_factor=opts.high_factor, open_after=opts.open_after,
+                            escalate_after=opts.escalate_after, gap=opts.episode_gap, top_k=opts.top_k)
     prior = {}
     if not plan.rescore:
         # the alerts of a lagging rerun continue from the scores as they were before this range's commit
         prior_version = None
         if "scores" not in plan.tables:
             prior_version = lake.find_commit(opts.lake, "scores", plan.commit_id("scores")) - 1
-        prior = prior_state(opts.lake, plan.window_size, plan.files, prior_version, opts.high_factor,
-                            prefer_version=ensemble_version(plan.models), gap=opts.episode_gap,
-                            escalate_after=opts.escalate_after, top_k=opts.top_k, open_after=opts.open_after)
+        prior = prior_state(opts.lake, plan.window_size, plan.files, prior_version, policy,
+                            prefer_version=ensemble_version(plan.models))
     out = tables | "Score" >> ScoreWindows(plan.models, plan.window_size, window_seconds(plan.window_size),
-                                           block_rows=opts.block_rows, high_factor=opts.high_factor,
-                                           top_k=opts.top_k, episode_gap=opts.episode_gap, prior=prior,
-                                           escalate_after=opts.escalate_after, open_after=opts.open_after)
+                                           block_rows=opts.block_rows, policy=policy, prior=prior)
     span = scored_span(plan.files)
     if plan.rescore:      # rows of these versions already written (e.g. a model the regular runs use) stay
         written = pipeline | "ScoredKeys" >> ScoredKeys(opts.lake, span, plan.models)

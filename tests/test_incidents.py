@@ -3,6 +3,7 @@ one incident, opened once, escalated WARNING -> HIGH once as it worsens or persi
 device is normal again, with its top contributing sensors; deterministic ids, also across runs."""
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 
@@ -11,13 +12,14 @@ import pyarrow as pa
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
-from transforms.scoring import CLOSED, ESCALATED, OPEN, _Incidents, incident_alert_id, incident_rows
+from transforms.scoring import CLOSED, ESCALATED, OPEN, IncidentPolicy, _Incidents, incident_alert_id, incident_rows
 
 UTC = dt.timezone.utc
 T0 = dt.datetime(2026, 10, 1, tzinfo=UTC)
 AT = dt.datetime(2026, 10, 5, tzinfo=UTC)
 H = dt.timedelta(hours=1)
-KW = dict(window_s=3600.0, gap=1, high_factor=2.0, escalate_after=4, detected_at=AT, top_k=3, open_after=1)
+POLICY = IncidentPolicy(high_factor=2.0, open_after=1, escalate_after=4, gap=1, top_k=3)
+KW = dict(window_s=3600.0, policy=POLICY, detected_at=AT)
 
 
 def windows(marks: str, device_tops=("vibration_max", "vibration_std", "temperature_mean"), offset: int = 0):
@@ -98,7 +100,7 @@ def test_gaps_within_episode_gap_and_windows_not_scored():
 
 
 def test_a_lone_anomalous_window_raises_nothing_when_incidents_open_after_two():
-    kw = dict(KW, open_after=2)
+    kw = dict(KW, policy=dataclasses.replace(POLICY, open_after=2))
     rows, open_ = incident_rows("d1", windows("..w...w.."), None, **kw)
     assert rows == [] and open_ is None
     # two in a row open it, with the first window as its event time; a HIGH window opens it at once
@@ -110,7 +112,7 @@ def test_a_lone_anomalous_window_raises_nothing_when_incidents_open_after_two():
 
 
 def test_a_pending_incident_continues_across_runs():
-    kw = dict(KW, open_after=2)
+    kw = dict(KW, policy=dataclasses.replace(POLICY, open_after=2))
     first_rows, pending = incident_rows("d1", windows("w"), None, **kw)
     assert first_rows == [] and (pending.level, pending.windows) == (0, 1)
     rows, _ = incident_rows("d1", windows("ww.."), pending, **kw)
@@ -123,7 +125,7 @@ def test_the_incidents_dofn_groups_normal_and_anomalous_windows_of_a_device():
         [("d1", {"normal": [w for w in marks if not w["anomalous"]]})]
     with TestPipeline() as p:
         out = (p | beam.Create(elements) | beam.GroupByKey()
-               | beam.ParDo(_Incidents(3600.0, 1, [], {}, AT, 2.0, 4, 3, 1))
+               | beam.ParDo(_Incidents(3600.0, POLICY, [], {}, AT))
                | beam.FlatMap(lambda t: [(r["alert_id"], r["severity"]) for r in t.to_pylist()]))
         assert_that(out, equal_to([(incident_alert_id("d1", T0, OPEN), "WARNING"),
                                    (incident_alert_id("d1", T0, CLOSED), "WARNING")]))

@@ -7,9 +7,9 @@ scores rows and model alerts.
     windows --by device--> incidents --> OPEN / ESCALATED / CLOSED alert rows (Arrow, WARNING / HIGH)
 
 Model alerts are incidents (issue 14 item 7): consecutive anomalous windows of a device form one
-incident, opened once (WARNING) when it is HIGH or has lasted ``OPEN_AFTER`` windows (one anomalous
-window alone is the most common false alarm), escalated once to HIGH when it reaches HIGH or persists,
-closed when the device is normal again; each row names the incident's top contributing sensors
+incident, opened once (WARNING) when it is HIGH or has lasted ``IncidentPolicy.open_after`` windows (one
+anomalous window alone is the most common false alarm), escalated once to HIGH when it reaches HIGH or
+persists, closed when the device is normal again; each row names the incident's top contributing sensors
 (:func:`incident_rows`). The alerts contract is unchanged: status, incident id and sensors are in
 ``context``.
 
@@ -230,9 +230,19 @@ def _widen(contrib: np.ndarray, model: ModelRef) -> np.ndarray:
 MODEL_ALERT_RULE = "MODEL_ENSEMBLE"
 OPEN, ESCALATED, CLOSED = "OPEN", "ESCALATED", "CLOSED"
 LEVELS = {1: "WARNING", 2: "HIGH"}          # level 0: pending, not yet raised
-# anomalous windows in a row before an incident that never reached HIGH is raised: a lone window is the
-# commonest false alarm, and a real fault lasts (acute ones are the streaming rules' job)
-OPEN_AFTER = 2
+
+
+@dataclass(frozen=True)
+class IncidentPolicy:
+    """When a device's anomalous ensemble windows raise, escalate and close an incident
+    (:func:`incident_rows`); score's options set each field, these are the defaults."""
+    high_factor: float = ensemble.DEFAULT_HIGH_FACTOR   # ensemble score from which a window is HIGH
+    # anomalous windows before an incident that never reached HIGH is raised: a lone window is the
+    # commonest false alarm, and a real fault lasts (acute ones are the streaming rules' job)
+    open_after: int = 2
+    escalate_after: int = 6      # anomalous windows after which a WARNING incident escalates to HIGH
+    gap: int = 2                 # windows past its last anomalous one after which an incident closes
+    top_k: int = 3               # top contributing features (and sensors) kept per window and incident
 
 
 def incident_alert_id(device_id: str, first_window_start: dt.datetime, status: str) -> str:
@@ -264,21 +274,21 @@ class Incident:
         return [s for s, _ in sorted(self.sensors.items(), key=lambda kv: (-kv[1], kv[0]))[:k]]
 
 
-def incident_rows(device: str, windows: list[dict], prior: Incident | None, *, window_s: float, gap: int,
-                  high_factor: float, escalate_after: int, detected_at: dt.datetime, top_k: int = 3,
-                  open_after: int = OPEN_AFTER, versions: dict | None = None,
+def incident_rows(device: str, windows: list[dict], prior: Incident | None, *, window_s: float,
+                  policy: IncidentPolicy, detected_at: dt.datetime, versions: dict | None = None,
                   thresholds: dict | None = None) -> tuple[list[dict], Incident | None]:
     """The alert rows of a device's scored ensemble windows (``anomalous`` ones with severity, score and
     top features, and normal ones), continuing ``prior``; returns (rows, the incident still open).
 
     One incident per run of anomalous windows: an OPEN row (WARNING, or HIGH when it opens on a HIGH
-    window) at the window where it is first HIGH or has lasted ``open_after`` anomalous windows, with
+    window) at the window where it is first HIGH or has lasted ``policy.open_after`` anomalous windows, with
     the incident's first window as event time (a run that ends before that raises nothing: level 0,
     pending); one ESCALATED row (HIGH) at the window where it first reaches HIGH or
-    has lasted ``escalate_after`` anomalous windows; a CLOSED row at the first window that starts
-    ``gap`` windows after its last anomalous one (the device is normal again). Ids are deterministic
+    has lasted ``policy.escalate_after`` anomalous windows; a CLOSED row at the first window that starts
+    ``policy.gap`` windows after its last anomalous one (the device is normal again). Ids are deterministic
     (device, first window, status), so a rerun writes the same rows."""
     rows: list[dict] = []
+    gap, high_factor, top_k = policy.gap, policy.high_factor, policy.top_k
     inc = dataclasses.replace(prior, sensors=dict(prior.sensors)) if prior else None
     seen = prior.seen_until if prior else None
     for w in sorted(windows, key=lambda w: w["window_start"]):
@@ -305,11 +315,11 @@ def incident_rows(device: str, windows: list[dict], prior: Incident | None, *, w
                 inc.max_score = max(inc.max_score, w["score"])
                 for sensor, v in weights.items():
                     inc.sensors[sensor] = inc.sensors.get(sensor, 0) + v
-            if inc.level == 0 and (high or inc.windows >= open_after):
+            if inc.level == 0 and (high or inc.windows >= policy.open_after):
                 inc.level = 2 if high else 1
                 rows.append(_incident_row(inc, OPEN, w, w["score"], "score" if high or inc.windows == 1 else "persisted",
                                           detected_at, top_k, versions, thresholds, high_factor))
-            elif inc.level == 1 and (high or inc.windows >= escalate_after):
+            elif inc.level == 1 and (high or inc.windows >= policy.escalate_after):
                 inc.level = 2
                 rows.append(_incident_row(inc, ESCALATED, w, w["score"], "score" if high else "persisted",
                                           detected_at, top_k, versions, thresholds, high_factor))
@@ -342,10 +352,9 @@ class _Incidents(beam.DoFn):
     """The scored ensemble windows of one device -> its incident alerts (:func:`incident_rows`),
     continuing the incident a previous run left open (``prior``: device -> Incident)."""
 
-    def __init__(self, window_s: float, gap: int, models: list[ModelRef], prior: dict, detected_at: dt.datetime,
-                 high_factor: float, escalate_after: int, top_k: int, open_after: int):
-        self._window_s, self._gap, self._high, self._escalate, self._k = window_s, gap, high_factor, escalate_after, top_k
-        self._open_after = open_after
+    def __init__(self, window_s: float, policy: IncidentPolicy, models: list[ModelRef], prior: dict,
+                 detected_at: dt.datetime):
+        self._window_s, self._policy = window_s, policy
         self._versions = {m.name: m.version for m in models}
         self._thresholds = {m.name: m.threshold for m in models}
         self._prior, self._at = prior, detected_at
@@ -355,9 +364,8 @@ class _Incidents(beam.DoFn):
     def process(self, element):
         device, parts = element
         windows = [w for part in parts for w in (part["normal"] if "normal" in part else [part])]
-        rows, _ = incident_rows(device, windows, self._prior.get(device), window_s=self._window_s, gap=self._gap,
-                                high_factor=self._high, escalate_after=self._escalate, detected_at=self._at,
-                                top_k=self._k, open_after=self._open_after, versions=self._versions,
+        rows, _ = incident_rows(device, windows, self._prior.get(device), window_s=self._window_s,
+                                policy=self._policy, detected_at=self._at, versions=self._versions,
                                 thresholds=self._thresholds)
         for r in rows:
             self._counts[json.loads(r["context"])["status"]].inc()
@@ -370,14 +378,12 @@ class ScoreWindows(beam.PTransform):
     """(source, Arrow features table) -> {"scores": Arrow tables, "alerts": Arrow tables}."""
 
     def __init__(self, models: list[ModelRef], window_size: str, window_s: float, *, block_rows: int = 4096,
-                 high_factor: float = ensemble.DEFAULT_HIGH_FACTOR, top_k: int = 3, episode_gap: int = 2,
-                 prior: dict | None = None, now: dt.datetime | None = None, vote: ensemble.KOfN = ensemble.DEFAULT_VOTE, escalate_after: int = 6,
-                 open_after: int = OPEN_AFTER):
+                 policy: IncidentPolicy = IncidentPolicy(), prior: dict | None = None, now: dt.datetime | None = None,
+                 vote: ensemble.KOfN = ensemble.DEFAULT_VOTE):
         super().__init__()
-        self._escalate, self._open_after = escalate_after, open_after
-        self._vote = vote
+        self._vote, self._policy = vote, policy
         self._models, self._ws, self._window_s = models, window_size, window_s
-        self._block_rows, self._high, self._k, self._gap = block_rows, high_factor, top_k, episode_gap
+        self._block_rows = block_rows
         self._prior = prior or {}
         self._now = now or dt.datetime.now(dt.timezone.utc)
 
@@ -391,11 +397,11 @@ class ScoreWindows(beam.PTransform):
                               | f"RunInference_{m.name}" >> RunInference(handler)
                               | f"Unwrap_{m.name}" >> beam.MapTuple(lambda k, r: (k, r.inference)))
         built = (joined | "Join" >> beam.CoGroupByKey()
-                 | "BuildScores" >> beam.ParDo(_BuildScores(self._models, self._high, self._k, self._now, self._vote))
+                 | "BuildScores" >> beam.ParDo(_BuildScores(self._models, self._policy.high_factor, self._policy.top_k,
+                                                         self._now, self._vote))
                  .with_outputs(_BuildScores.ANOMALIES, main="scores"))
         alerts = (built[_BuildScores.ANOMALIES]
                   | "ByDevice" >> beam.GroupByKey()
-                  | "Incidents" >> beam.ParDo(_Incidents(self._window_s, self._gap, self._models, self._prior,
-                                                         self._now, self._high, self._escalate, self._k,
-                                                         self._open_after)))
+                  | "Incidents" >> beam.ParDo(_Incidents(self._window_s, self._policy, self._models, self._prior,
+                                                         self._now)))
         return {"scores": built.scores, "alerts": alerts}
