@@ -230,3 +230,31 @@ def test_stream_start_follows_the_history_or_the_wall_clock(monkeypatch):
     live = simulate.parse_args(["--stream"])
     assert simulate.stream_start(live.stream_start, live.backfill_end, 5400, 180) == now - dt.timedelta(seconds=5220)
     assert simulate.parse_args(["--backfill_days", "1", "--end", "today"]).backfill_end == dt.datetime(2027, 1, 5, tzinfo=UTC)
+
+
+def _default_fingerprint(interval_s: float = 60.0, hours: float = 26) -> str:
+    """sha256 of a small fleet's default readings (incidents included) and of its ground truth."""
+    import hashlib
+    import json
+    from simulation.incidents import PlanConfig, plan_incidents
+    fleet = fleet_mod.make_fleet(8, seed=11, mixed_unit_fraction=0.3, inactive_fraction=0.1)
+    end = dt.datetime(2026, 11, 20, tzinfo=UTC)
+    start = end - dt.timedelta(hours=hours)
+    plan = PlanConfig(data_faults=("stuck_value", "dropout", "duplicates", "replay", "out_of_range"))
+    incidents = plan_incidents(fleet, start, end, 11, interval_s, plan)
+    table = generator.readings(fleet, start, end, interval_s, incidents, 11)
+    h = hashlib.sha256()
+    cols = [table[c].to_pylist() for c in ("event_id", "device_id", "sensor_type", "value", "unit", "ts", "seq")]
+    for row in sorted(zip(*cols)):
+        h.update(("|".join(map(repr, row)) + "\n").encode())
+    for inc in incidents:
+        h.update(json.dumps(inc.to_json(), sort_keys=True).encode())
+    return h.hexdigest()
+
+
+DEFAULT_FINGERPRINT = "ffed0d1fd89371ba2937e993f0a1bd0497930e52cd7ec31b8bc70c4a644e00fb"
+
+
+def test_default_output_is_pinned():
+    """The default simulator's output for a seed is fixed: the main job and its tests depend on it."""
+    assert _default_fingerprint() == DEFAULT_FINGERPRINT
