@@ -35,6 +35,7 @@ from simulation import fleet as fleet_mod
 from simulation.backfill import backfill
 from simulation.incidents import (ACUTE_MODES, DATA_FAULTS, GRADUAL_MODES, WIRE_FAULTS, PlanConfig,
                                             plan_incidents, unknown_devices)
+from simulation.profiles import PROFILES
 from simulation.stream import StreamConfig, stream
 from schemas.sensors import SENSOR_TYPES
 from core import lake
@@ -78,7 +79,12 @@ def arg_parser() -> argparse.ArgumentParser:
     g.add_argument("--devices_per_site", type=int, default=10, help="devices behind one gateway")
     g.add_argument("--seed", type=int, default=7, help="random seed: same seed, same output")
     g.add_argument("--interval", type=float, default=60.0,
-                   help="seconds between two readings of one sensor (simulated time)")
+                   help="seconds between two readings of one sensor (simulated time); down to 1 (1 s sampling)")
+    g.add_argument("--sensor_profile", choices=sorted(PROFILES), default="ideal",
+                   help="how the sensors report: 'ideal' (smooth gaussian noise, unquantised; the default and "
+                        "the output of earlier versions) or 'realistic' (pump pulsation on suction and discharge "
+                        "pressure, vibration as the RMS of an accelerometer burst, every value quantised to its "
+                        "sensor type's resolution in the canonical unit)")
     g.add_argument("--registry_only", action="store_true",
                    help="write the device registry and stop (e.g. before starting the streaming job)")
     g.add_argument("--ground_truth", default=None,
@@ -193,7 +199,8 @@ def main(argv: list[str] | None = None) -> int:
         log.info("backfill %s .. %s: %d devices (+%d unknown), %d incidents",
                  start, end, len(fleet), len(extra), len(incidents))
         archive_before = start + dt.timedelta(days=args.archive_days) if args.archive_days else None
-        res = backfill(args.lake, fleet + extra, incidents, start, end, args.interval, args.seed, archive_before)
+        res = backfill(args.lake, fleet + extra, incidents, start, end, args.interval, args.seed, archive_before,
+                       PROFILES[args.sensor_profile])
         log.info("backfill done: %d rows landed in %d commits (versions %s), %d archived, %d duplicates, %d replayed",
                  res.landed_rows, len(res.commits), _span(res.commits), res.archived_rows,
                  res.duplicate_rows, res.replayed_rows)
@@ -213,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = StreamConfig(
             bootstrap_servers=args.bootstrap_servers, topic=args.topic, start=start, sim_seconds=sim_seconds,
             interval_s=args.interval, acceleration=acceleration, batch_size=args.batch_size,
-            single_fraction=args.single_fraction,
+            single_fraction=args.single_fraction, profile=PROFILES[args.sensor_profile],
             wire_faults={} if args.no_incidents else {f: args.wire_faults for f in WIRE_FAULTS})
         log.info("stream %s .. %s to %s/%s at %.1fx real time: %d devices, %d incidents",
                  start, end, args.bootstrap_servers, args.topic, acceleration, len(fleet) + len(extra), len(incidents))

@@ -15,6 +15,7 @@ import pyarrow.dataset as pads
 from simulation import generator, rows
 from simulation.fleet import Device
 from simulation.incidents import Incident
+from simulation.profiles import IDEAL, SensorProfile
 from schemas import contracts
 from core import lake
 
@@ -54,19 +55,20 @@ def write_archive(lake_root: str, landing: pa.Table, reading_ms: np.ndarray, day
 
 
 def backfill(lake_root: str, devices: list[Device], incidents: list[Incident], start: dt.datetime,
-             end: dt.datetime, interval_s: float, seed: int, archive_before: dt.datetime | None) -> BackfillResult:
+             end: dt.datetime, interval_s: float, seed: int, archive_before: dt.datetime | None,
+             profile: SensorProfile = IDEAL) -> BackfillResult:
     result = BackfillResult(commits=[])
     n_days = int(np.ceil((end - start) / dt.timedelta(days=1)))
     t0 = time.monotonic()
     for i in range(n_days):
         day_start = start + dt.timedelta(days=i)
         day_end = min(day_start + dt.timedelta(days=1), end)
-        chunk = generator.readings(devices, day_start, day_end, interval_s, incidents, seed)
+        chunk = generator.readings(devices, day_start, day_end, interval_s, incidents, seed, profile)
         dups = rows.duplicates(chunk, incidents)
         parts = [chunk, dups]
         ingested = [chunk["_t_ms"].to_numpy() + rows.ingest_delay_ms(chunk["_t_ms"].to_numpy(), seed),
                     dups["_t_ms"].to_numpy() + 5000]
-        for inc, replayed in rows.replays(devices, incidents, day_start, day_end, interval_s, seed):
+        for inc, replayed in rows.replays(devices, incidents, day_start, day_end, interval_s, seed, profile):
             at_ms = int(dt.datetime.fromisoformat(inc.detail["replayed_at"]).timestamp() * 1000)
             parts.append(replayed)
             ingested.append(at_ms + np.arange(replayed.num_rows, dtype=np.int64))
