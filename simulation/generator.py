@@ -66,6 +66,10 @@ class Grid:
 def sampling_grid(devices: list[Device], start: dt.datetime, end: dt.datetime, interval_s: float) -> Grid:
     a, b = start.timestamp() - _ANCHOR_S, end.timestamp() - _ANCHOR_S
     phases = np.array([d.phase_s for d in devices])
+    if any(d.window for d in devices):        # devices that report only in their own window
+        lo = np.array([d.window[0].timestamp() - _ANCHOR_S if d.window else -np.inf for d in devices])
+        hi = np.array([d.window[1].timestamp() - _ANCHOR_S if d.window else np.inf for d in devices])
+        a, b = np.maximum(a, lo), np.maximum(np.minimum(b, hi), np.maximum(a, lo))
     k_lo = np.ceil(a / interval_s - phases).astype(np.int64)
     k_hi = np.ceil(b / interval_s - phases).astype(np.int64)      # exclusive
     counts = np.maximum(k_hi - k_lo, 0)
