@@ -15,6 +15,8 @@ examples:
   python -m pipelines.simulate --devices 200 --backfill_days 14 --interval 60
   # then 30 simulated minutes of live readings, 60x faster than real time
   python -m pipelines.simulate --devices 200 --stream --stream_minutes 30 --acceleration 60
+  # sensors as real ones report (pulsation, accelerometer RMS, quantised) at 1 s, plus 7 test-bench runs
+  python -m pipelines.simulate --devices 10 --backfill_days 0.25 --interval 1 --sensor_profile realistic --test_bench 7
 """
 from __future__ import annotations
 
