@@ -15,6 +15,8 @@ examples:
   python -m pipelines.simulate --devices 200 --backfill_days 14 --interval 60
   # then 30 simulated minutes of live readings, 60x faster than real time
   python -m pipelines.simulate --devices 200 --stream --stream_minutes 30 --acceleration 60
+  # sensors as real ones report (pulsation, accelerometer RMS, quantised) at 1 s, plus 7 test-bench runs
+  python -m pipelines.simulate --devices 10 --backfill_days 0.25 --interval 1 --sensor_profile realistic --test_bench 7
 """
 from __future__ import annotations
 
@@ -35,7 +37,9 @@ from simulation import fleet as fleet_mod
 from simulation.backfill import backfill
 from simulation.incidents import (ACUTE_MODES, DATA_FAULTS, GRADUAL_MODES, WIRE_FAULTS, PlanConfig,
                                             plan_incidents, unknown_devices)
+from simulation.profiles import PROFILES
 from simulation.stream import StreamConfig, stream
+from simulation.testbench import BENCH_MODES, TAIL, bench_devices, failure_length, plan_bench
 from schemas.sensors import SENSOR_TYPES
 from core import lake
 
@@ -78,7 +82,12 @@ def arg_parser() -> argparse.ArgumentParser:
     g.add_argument("--devices_per_site", type=int, default=10, help="devices behind one gateway")
     g.add_argument("--seed", type=int, default=7, help="random seed: same seed, same output")
     g.add_argument("--interval", type=float, default=60.0,
-                   help="seconds between two readings of one sensor (simulated time)")
+                   help="seconds between two readings of one sensor (simulated time); down to 1 (1 s sampling)")
+    g.add_argument("--sensor_profile", choices=sorted(PROFILES), default="ideal",
+                   help="how the sensors report: 'ideal' (smooth gaussian noise, unquantised; the default and "
+                        "the output of earlier versions) or 'realistic' (pump pulsation on suction and discharge "
+                        "pressure, vibration as the RMS of an accelerometer burst, every value quantised to its "
+                        "sensor type's resolution in the canonical unit)")
     g.add_argument("--registry_only", action="store_true",
                    help="write the device registry and stop (e.g. before starting the streaming job)")
     g.add_argument("--ground_truth", default=None,
@@ -91,6 +100,10 @@ def arg_parser() -> argparse.ArgumentParser:
                         "the day of the run ('today': 00:00 UTC of the wall clock's day)")
     g.add_argument("--archive_days", type=float, default=0,
                    help="the oldest days of the history go to the Parquet archive instead of landing")
+    g.add_argument("--test_bench", type=int, default=0,
+                   help="extra short-lived test-bench devices (TB-0000, ...; registered, site bench-0000), each "
+                        "reporting for a few hours inside the history with exactly one failure, the modes cycling "
+                        f"through {', '.join(BENCH_MODES)}; recorded in the ground truth (detail.test_bench)")
 
     g = p.add_argument_group("stream (live readings into Kafka)")
     g.add_argument("--stream", action="store_true", help="produce live readings to Kafka")
@@ -138,6 +151,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if not args.backfill_days and not args.stream and not args.registry_only:
         p.error("nothing to do: give --backfill_days N and/or --stream (or --registry_only)")
+    if args.test_bench < 0 or (args.test_bench and not args.backfill_days):
+        p.error("--test_bench needs a history (--backfill_days) to put the bench runs in, and N >= 0")
+    if args.test_bench:
+        need = max(failure_length(m) for m in BENCH_MODES[:args.test_bench]) + TAIL \
+            + dt.timedelta(minutes=args.warmup_minutes)
+        if dt.timedelta(days=args.backfill_days) < need:
+            p.error(f"--test_bench: a bench run needs {need} of history, --backfill_days gives less")
     if not 1 <= args.batch_size <= 1000:
         p.error("--batch_size must be between 1 and 1000 (the contract's batch limit)")
     return args
@@ -172,7 +192,8 @@ def main(argv: list[str] | None = None) -> int:
     fleet = fleet_mod.make_fleet(args.devices, args.seed, args.devices_per_site,
                                  inactive_fraction=0 if args.no_incidents else args.inactive_fraction,
                                  mixed_unit_fraction=args.mixed_unit_fraction)
-    write_registry(args.lake, fleet_mod.registry_table(fleet))
+    bench = bench_devices(args.test_bench, args.seed) if args.test_bench and args.backfill_days else []
+    write_registry(args.lake, fleet_mod.registry_table(fleet + bench))
     if args.registry_only:
         return 0
     faults = () if args.no_incidents else _csv(args.data_faults)
@@ -190,10 +211,13 @@ def main(argv: list[str] | None = None) -> int:
         start = end - dt.timedelta(days=args.backfill_days)
         incidents = plan_incidents(fleet, start, end, args.seed, args.interval, plan)
         incidents += _unknown_device_incidents(extra, start, end)
-        log.info("backfill %s .. %s: %d devices (+%d unknown), %d incidents",
-                 start, end, len(fleet), len(extra), len(incidents))
+        bench, bench_incidents = plan_bench(bench, start, end, args.seed, plan.warmup)
+        incidents += bench_incidents
+        log.info("backfill %s .. %s: %d devices (+%d unknown, +%d on the test bench), %d incidents",
+                 start, end, len(fleet), len(extra), len(bench), len(incidents))
         archive_before = start + dt.timedelta(days=args.archive_days) if args.archive_days else None
-        res = backfill(args.lake, fleet + extra, incidents, start, end, args.interval, args.seed, archive_before)
+        res = backfill(args.lake, fleet + extra + bench, incidents, start, end, args.interval, args.seed, archive_before,
+                       PROFILES[args.sensor_profile])
         log.info("backfill done: %d rows landed in %d commits (versions %s), %d archived, %d duplicates, %d replayed",
                  res.landed_rows, len(res.commits), _span(res.commits), res.archived_rows,
                  res.duplicate_rows, res.replayed_rows)
@@ -213,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = StreamConfig(
             bootstrap_servers=args.bootstrap_servers, topic=args.topic, start=start, sim_seconds=sim_seconds,
             interval_s=args.interval, acceleration=acceleration, batch_size=args.batch_size,
-            single_fraction=args.single_fraction,
+            single_fraction=args.single_fraction, profile=PROFILES[args.sensor_profile],
             wire_faults={} if args.no_incidents else {f: args.wire_faults for f in WIRE_FAULTS})
         log.info("stream %s .. %s to %s/%s at %.1fx real time: %d devices, %d incidents",
                  start, end, args.bootstrap_servers, args.topic, acceleration, len(fleet) + len(extra), len(incidents))

@@ -38,6 +38,7 @@ class Device:
     phase_s: float               # offset of this device's sampling grid
     ts_form: str                 # how this device writes `ts`
     units: tuple[tuple[str, str], ...] = ()   # (sensor_type, unit) overrides: mixed units
+    window: tuple[dt.datetime, dt.datetime] | None = None   # reports only in [from, to) (test bench)
 
 
 def make_fleet(n_devices: int, seed: int, devices_per_site: int = 10,

@@ -15,6 +15,7 @@ import pyarrow as pa
 
 from simulation.fleet import Device
 from simulation.incidents import GRADUAL_MODES, Incident
+from simulation.profiles import IDEAL, SensorProfile
 from schemas.sensors import SENSOR_TYPES, SENSORS, from_canonical
 
 ANCHOR = dt.datetime(2020, 1, 1, tzinfo=dt.timezone.utc)
@@ -30,16 +31,27 @@ def _splitmix64(x: np.ndarray) -> np.ndarray:
         return x ^ (x >> np.uint64(31))
 
 
+def _key(seed: int, device: np.ndarray, step: np.ndarray, channel: int) -> np.ndarray:
+    with np.errstate(over="ignore"):
+        return (np.uint64(seed) * np.uint64(0x100000001B3)) ^ (device.astype(np.uint64) << np.uint64(40)) \
+            ^ step.astype(np.uint64) ^ (np.uint64(channel) << np.uint64(56))
+
+
 def hash_normal(seed: int, device: np.ndarray, step: np.ndarray, channel: int) -> np.ndarray:
     """Standard normal noise keyed by (seed, device, step, channel), via Box-Muller."""
-    with np.errstate(over="ignore"):
-        key = (np.uint64(seed) * np.uint64(0x100000001B3)) ^ (device.astype(np.uint64) << np.uint64(40)) \
-            ^ step.astype(np.uint64) ^ (np.uint64(channel) << np.uint64(56))
+    key = _key(seed, device, step, channel)
     a = _splitmix64(key)
     b = _splitmix64(a)
     u1 = ((a >> np.uint64(11)).astype(np.float64) + 0.5) / 2.0**53
     u2 = ((b >> np.uint64(11)).astype(np.float64) + 0.5) / 2.0**53
     return np.sqrt(-2.0 * np.log(u1)) * np.cos(2.0 * np.pi * u2)
+
+
+def hash_uniform(seed: int, device: np.ndarray, step: np.ndarray, channel: int) -> np.ndarray:
+    """Uniform noise in (0, 1) keyed by (seed, device, step, channel). It equals the first uniform
+    hash_normal draws for the same key: give it channels hash_normal does not use."""
+    a = _splitmix64(_key(seed, device, step, channel))
+    return ((a >> np.uint64(11)).astype(np.float64) + 0.5) / 2.0**53
 
 
 @dataclass
@@ -54,6 +66,10 @@ class Grid:
 def sampling_grid(devices: list[Device], start: dt.datetime, end: dt.datetime, interval_s: float) -> Grid:
     a, b = start.timestamp() - _ANCHOR_S, end.timestamp() - _ANCHOR_S
     phases = np.array([d.phase_s for d in devices])
+    if any(d.window for d in devices):        # devices that report only in their own window
+        lo = np.array([d.window[0].timestamp() - _ANCHOR_S if d.window else -np.inf for d in devices])
+        hi = np.array([d.window[1].timestamp() - _ANCHOR_S if d.window else np.inf for d in devices])
+        a, b = np.maximum(a, lo), np.maximum(np.minimum(b, hi), np.maximum(a, lo))
     k_lo = np.ceil(a / interval_s - phases).astype(np.int64)
     k_hi = np.ceil(b / interval_s - phases).astype(np.int64)      # exclusive
     counts = np.maximum(k_hi - k_lo, 0)
@@ -64,7 +80,8 @@ def sampling_grid(devices: list[Device], start: dt.datetime, end: dt.datetime, i
     return Grid(device, step, np.round(t, 3), offsets)
 
 
-def normal_values(devices: list[Device], grid: Grid, seed: int) -> dict[str, np.ndarray]:
+def normal_values(devices: list[Device], grid: Grid, seed: int,
+                  profile: SensorProfile = IDEAL) -> dict[str, np.ndarray]:
     """Healthy behaviour in canonical units: daily load cycle, compressor cycling, noise."""
     def param(attr):
         return np.array([getattr(d, attr) for d in devices])[grid.device]
@@ -73,7 +90,7 @@ def normal_values(devices: list[Device], grid: Grid, seed: int) -> dict[str, np.
     n = [hash_normal(seed, dev_ids, grid.step, c) for c in range(len(SENSOR_TYPES))]
     ambient_effect = np.sin(day)
     suction = param("suction_kpa") * (1 + 0.015 * n[1])
-    return {
+    values = {
         "compressor_current": param("rated_current_a") * (0.68 + 0.06 * ambient_effect) * (1 + 0.015 * n[0]),
         "suction_pressure": suction,
         "discharge_pressure": param("suction_kpa") * param("compression_ratio")
@@ -81,6 +98,63 @@ def normal_values(devices: list[Device], grid: Grid, seed: int) -> dict[str, np.
         "vibration": np.maximum(param("vibration_mm_s") * (1 + 0.06 * n[3]), 0.05),
         "temperature": param("setpoint_c") + 0.6 * np.sin(2 * np.pi * grid.t / 1800.0 + day) + 0.05 * n[4],
     }
+    if profile.pulsation:
+        ripple = pump_pulsation(devices, grid, seed, profile)
+        values["suction_pressure"] = values["suction_pressure"] * (1 + ripple)
+        values["discharge_pressure"] = values["discharge_pressure"] * (1 - 1.25 * ripple)
+    if profile.accel_samples:
+        values["vibration"] = accelerometer_rms(param("vibration_mm_s"), dev_ids, grid.step, seed, profile)
+    return values
+
+
+# channels of the realistic profile's noise (hash_normal uses 0-4 and 9; rows.py 3 with other seeds)
+_CH_PULSE = 20          # per device: frequency, amplitude, phases (20-23)
+_CH_ACCEL = 24          # per reading: amplitude modulation, projected noise, residual noise (24-26)
+
+
+def pump_pulsation(devices: list[Device], grid: Grid, seed: int, profile: SensorProfile) -> np.ndarray:
+    """Relative pressure ripple of each device's compressor at each reading time.
+
+    A per-device pulsation frequency (within ``profile.pulsation_hz``), amplitude (0.5-1.5 times
+    ``profile.pulsation``) and phase, plus the second harmonic at 35 %. The ripple is evaluated at the
+    reading's own time, so slow sampling aliases it and 1 s sampling resolves it."""
+    idx = np.array([d.index for d in devices])
+    zero = np.zeros(len(devices), dtype=np.int64)
+    u = [hash_uniform(seed, idx, zero, _CH_PULSE + c) for c in range(4)]
+    lo, hi = profile.pulsation_hz
+    freq = (lo + (hi - lo) * u[0])[grid.device]
+    amp = (profile.pulsation * (0.5 + u[1]))[grid.device]
+    phase = 2 * np.pi * freq * (grid.t - _ANCHOR_S)          # relative to the anchor: full precision
+    return amp * (np.sin(phase + 2 * np.pi * u[2][grid.device])
+                  + 0.35 * np.sin(2 * phase + 2 * np.pi * u[3][grid.device]))
+
+
+def accelerometer_rms(level: np.ndarray, dev_ids: np.ndarray, step: np.ndarray, seed: int,
+                      profile: SensorProfile) -> np.ndarray:
+    """Vibration velocity as the RMS of an N-sample accelerometer burst per reading, in closed form.
+
+    The burst is ``a_j = A s_j + sigma n_j``: the running-speed sinusoid ``s_j`` (whole cycles, so
+    ``sum s_j^2 = N/2``) of amplitude ``A = sqrt(2) * level`` (RMS ``level``, modulated per reading
+    by a lognormal load factor) plus gaussian sensor noise ``n_j`` of ``sigma = accel_noise * level``.
+    Splitting the noise along the sinusoid and across it, ``sum a_j^2 = (A sqrt(N/2) + sigma z)^2
+    + sigma^2 chi2(N-1)`` exactly: two draws a reading instead of N (chi-square by Wilson-Hilferty).
+    The result is positive and right-skewed, as a real RMS channel."""
+    n = profile.accel_samples
+    k = n - 1
+    load = np.exp(0.12 * hash_normal(seed, dev_ids, step, _CH_ACCEL) - 0.5 * 0.12**2)
+    amplitude = np.sqrt(2.0) * level * load
+    sigma = profile.accel_noise * level
+    z = hash_normal(seed, dev_ids, step, _CH_ACCEL + 1)
+    w = hash_normal(seed, dev_ids, step, _CH_ACCEL + 2)
+    chi2 = k * np.maximum(1 - 2 / (9 * k) + w * np.sqrt(2 / (9 * k)), 0.0) ** 3 if k > 0 else 0.0
+    return np.sqrt(((amplitude * np.sqrt(n / 2) + sigma * z) ** 2 + sigma**2 * chi2) / n)
+
+
+def quantise(values: dict[str, np.ndarray]) -> None:
+    """Rounds every sensor's values to its resolution in the canonical unit (in place)."""
+    for sensor, v in values.items():
+        res = SENSORS[sensor].resolution
+        values[sensor] = np.round(v / res) * res
 
 
 def _rows(grid: Grid, device_pos: int, start: dt.datetime, end: dt.datetime) -> slice | np.ndarray:
@@ -173,16 +247,19 @@ def _format_ts(t_ms: np.ndarray, tz: np.ndarray, form: np.ndarray) -> pa.Array:
 
 
 def readings(devices: list[Device], start: dt.datetime, end: dt.datetime, interval_s: float,
-             incidents: list[Incident], seed: int) -> pa.Table:
-    """All readings of ``devices`` in [start, end), in each device's units and ts form.
+             incidents: list[Incident], seed: int, profile: SensorProfile = IDEAL) -> pa.Table:
+    """All readings of ``devices`` in [start, end), in each device's units and ts form, as sensors
+    of ``profile`` report them (IDEAL: smooth noise, unquantised).
 
     Returns Contract 1 columns plus ``_t_ms`` (true UTC time in ms), sorted by time.
     Row-level event ids touched by value faults are recorded on their incidents.
     """
     grid = sampling_grid(devices, start, end, interval_s)
-    values = normal_values(devices, grid, seed)
+    values = normal_values(devices, grid, seed, profile)
     apply_failures(values, devices, grid, incidents, seed)
     touched = apply_value_faults(values, devices, grid, incidents)
+    if profile.quantise:
+        quantise(values)
     keep = dropout_mask(devices, grid, incidents)
 
     n_sensors = len(SENSOR_TYPES)

@@ -42,6 +42,10 @@ WIRE_FAULTS = {
     "oversized_message": "oversized_message",
 }
 WARMUP = dt.timedelta(minutes=65)   # VIBRATION_SURGE needs 1 hour of history first
+# duplicates and out-of-range values cover five sampling steps, but at least this long: at 1 s
+# sampling five steps would be a 5 s blip (50 s is five steps of the stream's 10 s default, so every
+# interval of 10 s or more, the default 60 s included, plans exactly as before)
+MIN_ROW_FAULT = dt.timedelta(seconds=50)
 
 
 @dataclass
@@ -87,8 +91,8 @@ def plan_incidents(fleet: list[Device], start: dt.datetime, end: dt.datetime, se
                    config: PlanConfig = PlanConfig()) -> list[Incident]:
     """Draws which devices fail how and when in [start, end). One failure per device at most.
 
-    Row-level faults cover a time window (five sampling steps for duplicates and out-of-range
-    values), so the rows they touch do not depend on how the span is cut into chunks."""
+    Row-level faults cover a time window (five sampling steps, at least MIN_ROW_FAULT, for duplicates
+    and out-of-range values), so the rows they touch do not depend on how the span is cut into chunks."""
     rng = np.random.default_rng([seed, 2])
     span = end - start
     free = list(rng.permutation([d.index for d in fleet]))   # devices without a failure yet
@@ -132,7 +136,7 @@ def plan_incidents(fleet: list[Device], start: dt.datetime, end: dt.datetime, se
         for _ in range(_count(config.fault_fraction, len(fleet))):
             device = fleet[int(rng.integers(len(fleet)))]
             length = {"stuck_value": span * 0.1, "dropout": span * 0.05, "replay": span * 0.05}.get(
-                fault, dt.timedelta(seconds=5 * interval_s))
+                fault, max(dt.timedelta(seconds=5 * interval_s), MIN_ROW_FAULT))
             s = at(start, end - length - span * 0.2)
             inc = Incident("data_fault", fault, device.device_id, device.index, s, s + length)
             if fault == "stuck_value":

@@ -11,6 +11,7 @@ import pyarrow.compute as pc
 from simulation import generator
 from simulation.fleet import Device
 from simulation.incidents import Incident
+from simulation.profiles import IDEAL, SensorProfile
 
 
 def _ms(t: dt.datetime) -> int:
@@ -32,7 +33,8 @@ def duplicates(chunk: pa.Table, incidents: list[Incident]) -> pa.Table:
 
 
 def replays(devices: list[Device], incidents: list[Incident], window_start: dt.datetime,
-            window_end: dt.datetime, interval_s: float, seed: int) -> list[tuple[Incident, pa.Table]]:
+            window_end: dt.datetime, interval_s: float, seed: int,
+            profile: SensorProfile = IDEAL) -> list[tuple[Incident, pa.Table]]:
     """For each replay whose reconnection falls in the window: the readings it re-sends."""
     by_id = {d.device_id: d for d in devices}
     out = []
@@ -43,7 +45,7 @@ def replays(devices: list[Device], incidents: list[Incident], window_start: dt.d
         if window_start <= at < window_end:
             # the same rows as first sent: regenerate under a copy of the plan, which records touched ids
             rows = generator.readings([by_id[inc.device_id]], inc.start, inc.end, interval_s,
-                                      copy.deepcopy(incidents), seed)
+                                      copy.deepcopy(incidents), seed, profile)
             inc.event_ids = rows["event_id"].to_pylist()
             out.append((inc, rows))
     return out

@@ -14,6 +14,7 @@ from confluent_kafka import Producer
 from simulation import generator, rows, wire
 from simulation.fleet import Device
 from simulation.incidents import WIRE_FAULTS, Incident
+from simulation.profiles import IDEAL, SensorProfile
 from core import retry
 
 log = logging.getLogger(__name__)
@@ -35,6 +36,7 @@ class StreamConfig:
     single_fraction: float = 0.2     # share of devices that send one reading per message
     wire_faults: dict[str, int] = field(default_factory=dict)   # fault -> messages to inject
     producer_config: dict = field(default_factory=dict)
+    profile: SensorProfile = IDEAL    # how the simulated sensors report
 
 
 @dataclass
@@ -94,9 +96,9 @@ def stream(devices: list[Device], incidents: list[Incident], cfg: StreamConfig, 
     for b in range(n_buckets):
         b_start = cfg.start + dt.timedelta(seconds=b * bucket_s)
         b_end = min(b_start + dt.timedelta(seconds=bucket_s), cfg.start + dt.timedelta(seconds=cfg.sim_seconds))
-        chunk = generator.readings(devices, b_start, b_end, cfg.interval_s, incidents, seed)
+        chunk = generator.readings(devices, b_start, b_end, cfg.interval_s, incidents, seed, cfg.profile)
         chunks = [chunk, rows.duplicates(chunk, incidents)]
-        chunks += [r for _, r in rows.replays(devices, incidents, b_start, b_end, cfg.interval_s, seed)]
+        chunks += [r for _, r in rows.replays(devices, incidents, b_start, b_end, cfg.interval_s, seed, cfg.profile)]
         if cfg.acceleration > 0:
             ahead = (wall0 + (b_start - cfg.start).total_seconds() / cfg.acceleration) - time.monotonic()
             if ahead > 0:

@@ -230,3 +230,203 @@ def test_stream_start_follows_the_history_or_the_wall_clock(monkeypatch):
     live = simulate.parse_args(["--stream"])
     assert simulate.stream_start(live.stream_start, live.backfill_end, 5400, 180) == now - dt.timedelta(seconds=5220)
     assert simulate.parse_args(["--backfill_days", "1", "--end", "today"]).backfill_end == dt.datetime(2027, 1, 5, tzinfo=UTC)
+
+
+def _default_fingerprint(interval_s: float = 60.0, hours: float = 26) -> str:
+    """sha256 of a small fleet's default readings (incidents included) and of its ground truth."""
+    import hashlib
+    import json
+    from simulation.incidents import PlanConfig, plan_incidents
+    fleet = fleet_mod.make_fleet(8, seed=11, mixed_unit_fraction=0.3, inactive_fraction=0.1)
+    end = dt.datetime(2026, 11, 20, tzinfo=UTC)
+    start = end - dt.timedelta(hours=hours)
+    plan = PlanConfig(data_faults=("stuck_value", "dropout", "duplicates", "replay", "out_of_range"))
+    incidents = plan_incidents(fleet, start, end, 11, interval_s, plan)
+    table = generator.readings(fleet, start, end, interval_s, incidents, 11)
+    h = hashlib.sha256()
+    cols = [table[c].to_pylist() for c in ("event_id", "device_id", "sensor_type", "value", "unit", "ts", "seq")]
+    for row in sorted(zip(*cols)):
+        h.update(("|".join(map(repr, row)) + "\n").encode())
+    for inc in incidents:
+        h.update(json.dumps(inc.to_json(), sort_keys=True).encode())
+    return h.hexdigest()
+
+
+DEFAULT_FINGERPRINT = "ffed0d1fd89371ba2937e993f0a1bd0497930e52cd7ec31b8bc70c4a644e00fb"
+
+
+def test_default_output_is_pinned():
+    """The default simulator's output for a seed is fixed: the main job and its tests depend on it."""
+    assert _default_fingerprint() == DEFAULT_FINGERPRINT
+
+
+# --- sensor profiles, 1 s sampling, test bench --------------------------------------------------
+
+def _plan(fleet, start, end, seed, interval_s):
+    from simulation.incidents import PlanConfig, plan_incidents
+    return plan_incidents(fleet, start, end, seed, interval_s,
+                          PlanConfig(data_faults=("stuck_value", "dropout", "duplicates", "out_of_range")))
+
+
+def _series(table, device_id, sensor):
+    import polars as pl
+    df = pl.from_arrow(table.select(["device_id", "sensor_type", "value", "_t_ms"]))
+    return df.filter((pl.col("device_id") == device_id) & (pl.col("sensor_type") == sensor))
+
+
+def test_realistic_values_are_quantised_in_the_canonical_unit():
+    from schemas.sensors import SENSORS
+    from simulation.profiles import REALISTIC
+    fleet = fleet_mod.make_fleet(10, seed=5, mixed_unit_fraction=0.5)
+    assert any(d.units for d in fleet)
+    end = dt.datetime(2026, 11, 20, tzinfo=UTC)
+    start = end - dt.timedelta(hours=3)
+    table = generator.readings(fleet, start, end, 60, _plan(fleet, start, end, 5, 60), 5, REALISTIC)
+    canon = canonical_values(table)
+    sensors = np.array(table["sensor_type"].to_pylist())
+    units = np.array(table["unit"].to_pylist())
+    for s, spec in SENSORS.items():
+        for unit in set(units[sensors == s]):
+            m = (sensors == s) & (units == unit)
+            scale = spec.conversions[unit][0]
+            off = np.abs(canon[m] - np.round(canon[m] / spec.resolution) * spec.resolution)
+            # only the 4-decimal rounding of the converted value may move it off the step
+            assert off.max() <= 0.5e-4 * scale + 1e-9, (s, unit, off.max())
+    ideal = canonical_values(generator.readings(fleet, start, end, 60, _plan(fleet, start, end, 5, 60), 5))
+    assert np.abs(ideal - np.round(ideal)).max() > 0.1        # the ideal profile is not quantised
+
+
+def test_realistic_pressure_shows_the_pump_pulsation_at_1s_sampling():
+    from simulation.profiles import REALISTIC
+    fleet = fleet_mod.make_fleet(3, seed=4, mixed_unit_fraction=0)
+    start = dt.datetime(2026, 6, 1, tzinfo=UTC)
+    end = start + dt.timedelta(minutes=20)
+    real = generator.readings(fleet, start, end, 1, [], 4, REALISTIC)
+    ideal = generator.readings(fleet, start, end, 1, [], 4)
+
+    def spectrum(table, device_id, sensor):
+        x = _series(table, device_id, sensor)["value"].to_numpy()
+        x = x - np.polyval(np.polyfit(np.arange(len(x)), x, 1), np.arange(len(x)))
+        power = np.abs(np.fft.rfft(x)) ** 2
+        return np.fft.rfftfreq(len(x), 1.0), power
+
+    for d in fleet:
+        for sensor in ("suction_pressure", "discharge_pressure"):
+            freq, power = spectrum(real, d.device_id, sensor)
+            peak = int(np.argmax(power[1:])) + 1
+            assert 0.07 <= freq[peak] <= 0.31, (d.device_id, sensor, freq[peak])
+            assert power[peak] > 50 * np.median(power[1:])            # a line, not noise
+            h = 2 * freq[peak] if 2 * freq[peak] <= 0.5 else 1 - 2 * freq[peak]      # aliased above Nyquist
+            harmonic = int(np.argmin(np.abs(freq - h)))
+            assert power[harmonic - 2:harmonic + 3].max() > 10 * np.median(power[1:])
+            # the autocorrelation comes back at the ripple's period
+            x = _series(real, d.device_id, sensor)["value"].to_numpy()
+            x = x - x.mean()
+            lag = int(round(1 / freq[peak]))
+            assert np.corrcoef(x[:-lag], x[lag:])[0, 1] > 0.3
+            _, flat = spectrum(ideal, d.device_id, sensor)
+            assert flat[1:].max() < 20 * np.median(flat[1:])            # the ideal profile has no ripple
+
+
+def test_realistic_vibration_is_a_positive_right_skewed_rms():
+    from scipy import stats
+    from simulation.profiles import REALISTIC
+    fleet = fleet_mod.make_fleet(6, seed=9, mixed_unit_fraction=0)
+    start = dt.datetime(2026, 6, 1, tzinfo=UTC)
+    table = generator.readings(fleet, start, start + dt.timedelta(days=1), 60, [], 9, REALISTIC)
+    for d in fleet:
+        v = _series(table, d.device_id, "vibration")["value"].to_numpy()
+        assert (v > 0).all()
+        assert stats.skew(v) > 0.15, d.device_id
+        assert abs(v.mean() / d.vibration_mm_s - 1) < 0.15
+
+
+def test_realistic_is_deterministic_and_chunking_does_not_change_it():
+    import pyarrow as pa
+    from simulation.profiles import REALISTIC
+    fleet = fleet_mod.make_fleet(5, seed=3, mixed_unit_fraction=0.4)
+    start = dt.datetime(2026, 3, 29, 0, 0, tzinfo=UTC)
+    end = start + dt.timedelta(hours=4)
+
+    def run(a, b, seed=3):
+        return generator.readings(fleet, a, b, 30, _plan(fleet, start, end, seed, 30), seed, REALISTIC)
+    whole = run(start, end)
+    assert run(start, end).equals(whole)
+    mid = start + dt.timedelta(hours=1, minutes=7)
+    assert pa.concat_tables([run(start, mid), run(mid, end)]).equals(whole)
+    assert not run(start, end, seed=4).equals(whole)
+    assert not generator.readings(fleet, start, end, 30, _plan(fleet, start, end, 3, 30), 3).equals(whole)
+
+
+def test_failures_act_on_the_realistic_signals():
+    from simulation.incidents import Incident
+    from simulation.profiles import REALISTIC
+    fleet = fleet_mod.make_fleet(2, seed=6, mixed_unit_fraction=0)
+    start = dt.datetime(2026, 6, 1, tzinfo=UTC)
+    when = start + dt.timedelta(hours=1)
+    incidents = [Incident("failure", "pressure_drop", fleet[0].device_id, 0, when, when + dt.timedelta(minutes=10),
+                          sensor="suction_pressure", category="acute"),
+                 Incident("failure", "vibration_surge", fleet[1].device_id, 1, when, when + dt.timedelta(minutes=5),
+                          sensor="vibration", category="acute")]
+    table = generator.readings(fleet, start, when + dt.timedelta(minutes=20), 10, incidents, 6, REALISTIC)
+    for inc, ratio in zip(incidents, (0.65, 3.0)):
+        s = _series(table, inc.device_id, inc.sensor)
+        t, v = s["_t_ms"].to_numpy(), s["value"].to_numpy()
+        inside = (t >= when.timestamp() * 1000) & (t < inc.end.timestamp() * 1000)
+        before = t < when.timestamp() * 1000
+        if inc.mode == "pressure_drop":
+            assert v[inside].max() < ratio * v[before].min()
+        else:
+            assert np.median(v[inside]) > ratio * np.median(v[before])
+
+
+def test_row_faults_stay_meaningful_at_1s_sampling_and_the_default_plan_does_not_move():
+    fleet = fleet_mod.make_fleet(6, seed=2)
+    end = dt.datetime(2026, 11, 20, tzinfo=UTC)
+    start = end - dt.timedelta(hours=2)
+    for interval, seconds in ((1, 50), (10, 50), (60, 300)):
+        plan = _plan(fleet, start, end, 2, interval)
+        for inc in plan:
+            if inc.mode in ("duplicates", "out_of_range"):
+                assert (inc.end - inc.start).total_seconds() == seconds, (interval, inc.mode)
+
+
+def test_backfill_at_1s_sampling(tmp_path):
+    lake = str(tmp_path / "lake")
+    run_simulator(lake, "--devices", "3", "--backfill_days", "0.02", "--backfill_end", END, "--interval", "1",
+                  "--data_faults", "duplicates,out_of_range", "--sensor_profile", "realistic")
+    landing = _landing(lake)
+    assert lake_io.open_table(lake, "raw_sensor_readings").version() == 1       # 28.8 min: two 24 min pieces
+    ids = Counter(landing["event_id"].to_pylist())
+    assert len(ids) == 3 * 1728 * 5
+    dup = [t for t in ground_truth(lake) if t["mode"] == "duplicates"][0]
+    assert len(dup["event_ids"]) == 50 * 5 and all(ids[e] == 2 for e in dup["event_ids"])
+    t_ms = np.unique(event_time_ms(rows_of(landing, "dev-00000", "temperature")))     # duplicates once
+    assert set(np.diff(t_ms)) == {1000}
+
+
+def test_test_bench_devices_each_have_one_failure_and_leave_the_rest_alone(tmp_path):
+    from simulation.testbench import BENCH_MODES
+    args = ["--devices", "4", "--backfill_days", "1", "--backfill_end", END, "--interval", "120"]
+    plain, bench = str(tmp_path / "plain" / "lake"), str(tmp_path / "bench" / "lake")
+    run_simulator(plain, *args)
+    run_simulator(bench, *args, "--test_bench", "9")
+    truth = ground_truth(bench)
+    registry = lake_io.read(bench, "devices")["device_id"].to_pylist()
+    rows = _landing(bench)
+    tb_ids = [f"TB-{i:04d}" for i in range(9)]
+    assert set(tb_ids) <= set(registry)
+    for i, device_id in enumerate(tb_ids):
+        mine = [t for t in truth if t["device_id"] == device_id]
+        assert len(mine) == 1 and mine[0]["kind"] == "failure" and mine[0]["detail"] == {"test_bench": True}
+        assert mine[0]["mode"] == BENCH_MODES[i % len(BENCH_MODES)]
+        t_ms = event_time_ms(rows_of(rows, device_id))
+        start = dt.datetime.fromisoformat(mine[0]["start"]).timestamp() * 1000
+        end = dt.datetime.fromisoformat(mine[0]["end"]).timestamp() * 1000
+        assert len(t_ms) and t_ms.min() >= start - 66 * 60_000 and t_ms.max() < end + 21 * 60_000
+        assert ((t_ms >= start) & (t_ms < end)).any() and (t_ms < start - 60 * 60_000).any()
+    # everything else is what the run without a test bench wrote
+    import pyarrow as pa
+    others = rows.filter(pc.invert(pc.is_in(rows["device_id"], value_set=pa.array(tb_ids))))
+    assert _sorted(others).equals(_sorted(_landing(plain)))
+    assert [t for t in truth if not t["device_id"].startswith("TB-")] == ground_truth(plain)
