@@ -1,8 +1,8 @@
 """Detection quality of batch scoring against the simulator's ground truth.
 
 Reads the scores table (one window size; the newest score of each device x window x model) and
-the simulator's ground-truth JSON Lines, and reports per failure mode and per model (and the
-ensemble):
+the simulator's ground truth (the history's and the live stream's JSON Lines), and reports per
+failure mode and per model (and the ensemble):
 
   * incidents: failures of that mode that start inside the scored span (failures that started
     earlier, e.g. inside the training span, cannot be judged and are listed as skipped);
@@ -33,7 +33,7 @@ already flagged by their gradual phase and are not scored separately.
 examples:
   python -m pipelines.evaluate --lake ./data/lake
   python -m pipelines.evaluate --by_version          # champion and challengers side by side
-  python -m pipelines.evaluate --window_size 1h --ground_truth ./data/ground_truth/backfill.jsonl --json report.json
+  python -m pipelines.evaluate --window_size 1h --ground_truth ./data/ground_truth --json report.json
 """
 from __future__ import annotations
 
@@ -63,10 +63,30 @@ ROW_FAULTS = ("stuck_value", "dropout", "duplicates", "replay", "out_of_range")
 MODE_ORDER = list(GRADUAL_MODES) + list(ACUTE_MODES)
 
 
+TRUTH_SOURCES = ("backfill", "stream")      # the simulator's ground-truth files (<source>.jsonl)
+
+
+def truth_records(folder: str | Path) -> list[dict]:
+    """The records of a ground-truth folder: the history's (backfill.jsonl) and the live stream's
+    (stream.jsonl), whichever exist, each tagged with its ``source``; [] when there are none."""
+    rows = []
+    for source in TRUTH_SOURCES:
+        path = Path(folder) / f"{source}.jsonl"
+        if path.is_file():
+            rows += [dict(r, source=source) for r in _read_truth(path)]
+    return rows
+
+
 def load_truth(path: str | Path) -> list[dict]:
-    if not Path(path).is_file():
+    """Ground truth from one JSON Lines file, or from a ground-truth folder (:func:`truth_records`)."""
+    rows = truth_records(path) if Path(path).is_dir() else _read_truth(path) if Path(path).is_file() else []
+    if not rows:
         raise SystemExit(f"evaluate: no ground truth at {path}; give --ground_truth (the simulator's "
-                         "ground_truth/backfill.jsonl)")
+                         f"ground_truth folder, or one of its {', '.join(TRUTH_SOURCES)} .jsonl files)")
+    return rows
+
+
+def _read_truth(path: Path) -> list[dict]:
     rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
     for r in rows:
         r["start_s"] = dt.datetime.fromisoformat(r["start"]).timestamp()
@@ -335,7 +355,9 @@ class EvaluateOptions(LakeOptions, ModelsOptions, WindowSizeOptions, PipelineOpt
     def _add_argparse_args(cls, parser):
         g = parser.add_argument_group("evaluate")
         g.add_argument("--ground_truth", default=None,
-                       help="simulator ground truth JSON Lines (default: <lake>/../ground_truth/backfill.jsonl)")
+                       help="the simulator's ground truth: a folder (its backfill.jsonl and stream.jsonl: "
+                            "failures of the history and of the live stream) or one JSON Lines file "
+                            "(default: <lake>/../ground_truth)")
         g.add_argument("--eval_from", default=None,
                        help="judge windows and incidents from this UTC time on (default: the first scored window)")
         g.add_argument("--json", default=None, help="also write the report as JSON to this file")
@@ -351,8 +373,7 @@ def arg_parser():
 def run(argv: list[str] | None = None) -> dict:
     options = cli.pipeline_options(arg_parser(), argv)
     opts = options.view_as(EvaluateOptions)
-    truth_path = opts.ground_truth or str(Path(opts.lake.removeprefix("file://")).parent / "ground_truth"
-                                          / "backfill.jsonl")
+    truth_path = opts.ground_truth or str(Path(opts.lake.removeprefix("file://")).parent / "ground_truth")
     since = cli.utc_datetime(opts.eval_from) if opts.eval_from else None
     truth = load_truth(truth_path)
     if opts.by_version:

@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 
 import pyarrow as pa
+import pytest
 
 from pipelines import evaluate as ev
 
@@ -52,3 +54,20 @@ def test_render_shows_the_pointwise_table_and_counts_skipped_incidents_by_mode()
     assert "| statistical      | 1.000 | 0.00% | 0.00% | 2 | 0 | 0 | 2 |" in text
     assert text.endswith("not judged (started before the scored span, listed in the JSON report): 3: "
                          "cooling_loss 2, pressure_drop 1")
+
+
+def test_the_ground_truth_folder_holds_the_live_streams_failures_too(tmp_path):
+    """The stream's acute failures happen in the scored span: judged without them, the windows they
+    flag would count as false positives."""
+    history, live = _incident("dev-a", 0, 1), _incident("dev-b", 2, 3, mode="current_spike")
+    for name, record in (("backfill.jsonl", history), ("stream.jsonl", live)):
+        (tmp_path / name).write_text(json.dumps({k: v for k, v in record.items() if not k.endswith("_s")}) + "\n")
+    truth = ev.load_truth(tmp_path)
+    assert [(r["source"], r["device_id"], r["start_s"]) for r in truth] == [
+        ("backfill", "dev-a", history["start_s"]), ("stream", "dev-b", live["start_s"])]
+    scores = _scores({"dev-a": [False] * 4, "dev-b": [False, False, True, False]})
+    assert ev.evaluate(scores, truth)["models"]["statistical"]["false_positive_windows"] == 0
+    assert ev.evaluate(scores, ev.load_truth(tmp_path / "backfill.jsonl"))["models"]["statistical"][
+        "false_positive_windows"] == 1
+    with pytest.raises(SystemExit, match="no ground truth"):
+        ev.load_truth(tmp_path / "missing")

@@ -87,7 +87,7 @@ def _mini_cleanse(lake: str) -> None:
 def _alerts(lake: str) -> None:
     stream = lake_io.read(lake, "raw_sensor_readings").filter(
         pa.compute.is_valid(lake_io.read(lake, "raw_sensor_readings")["kafka_topic"]))
-    truth = inputs.load_truth(Path(lake).parent / "ground_truth")
+    truth = ev.truth_records(Path(lake).parent / "ground_truth")
     failure = next(r for r in truth if r["kind"] == "failure")
     row = stream.slice(100, 1).to_pylist()[0]
     start = dt.datetime.fromisoformat(failure["start"]).replace(minute=0, second=0)
@@ -155,7 +155,7 @@ def _run(root: Path, *extra: str, traces: int = 0) -> int:
 def _checks(root: Path) -> dict[str, rc.Check]:
     landing = inputs.read_frame(str(root / "lake"), "raw_sensor_readings",
                                 rc.KEY + ["kafka_topic", "timestamp_ingested"])
-    truth = inputs.load_truth(root / "ground_truth")
+    truth = ev.truth_records(root / "ground_truth")
     latest = lake_io.open_table(str(root / "lake"), "raw_sensor_readings").version()
     checks = (inputs.stream_checks(str(root / "lake"), root / "ground_truth", landing, truth)
               + inputs.lake_checks(str(root / "lake"), latest, landing))

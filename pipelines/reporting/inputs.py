@@ -25,13 +25,6 @@ from core.windows import MODEL_WINDOW
 LANDING, CLEAN, QUARANTINE = "raw_sensor_readings", "clean_sensor_readings", "quarantine"
 
 
-def load_truth(truth_dir: Path) -> list[dict]:
-    rows = []
-    for source in ("backfill", "stream"):
-        path = truth_dir / f"{source}.jsonl"
-        if path.exists():
-            rows += [dict(r, source=source) for r in ev.load_truth(path)]
-    return rows
 
 
 def read_frame(lake_root: str, table: str, columns: list[str], version: int | None = None) -> pl.DataFrame:
@@ -99,7 +92,7 @@ def gather(opts: argparse.Namespace) -> ReportData:
     landing = read_frame(root, LANDING, KEY + ["kafka_topic", "timestamp_ingested"])
     alerts = alert_spans(read_frame(root, "alerts", ["alert_id", "device_id", "rule", "severity", "event_time",
                                                      "detected_at", "event_id", "context"]))
-    truth = load_truth(truth_dir)
+    truth = ev.truth_records(truth_dir)
     checks = stream_checks(root, truth_dir, landing, truth) + lake_checks(root, landing_table.version(), landing)
     devices = read_frame(root, "devices", ["device_id", "active"])
     data = ReportData(root, opts.title, truth_dir, run_facts(root, landing, devices, opts), checks, alerts)
