@@ -121,7 +121,9 @@ def non_training_report(lake: str, window_size: str, truth_path: Path,
     scores = load_scores(lake, window_size)
     dev = scores["device_id"].to_pylist()
     ws = scores["window_start"].to_pylist()
-    keep = np.array([not (d in spans and spans[d][0] <= w < spans[d][1]) for d, w in zip(dev, ws)])
+    # every window starting before the end of its device's training span: the span's windows, and the
+    # partial window a run starts in (its window_start lies before the run's first reading)
+    keep = np.array([not (d in spans and w < spans[d][1]) for d, w in zip(dev, ws)])
     return evaluate(scores.filter(pa.array(keep)), truth, eval_from)
 
 
