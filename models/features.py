@@ -13,8 +13,13 @@ standard deviation of quantisation (step / sqrt(12)), the step being the feature
 step from its sensor's resolution (``resolution_floors``; a quantised feature has a MAD of 0 on
 every device and across the fleet) or, when coarser, the smallest step between the feature's
 distinct training values (a sensor coarser than its declared resolution).
-A device with too few training windows falls back to the fleet baseline (median and scale over all
-windows).
+A device with fewer than ``min_windows`` training windows keeps its own median when it has at least
+``MIN_CENTER_WINDOWS`` (a level is estimated from a few windows, a spread is not) and takes the
+typical within-device scale: the median of the well-observed devices' scales or, when no device
+has ``min_windows``, the spread of every device's windows around its own median, pooled. A short
+test-bench run (SKAB-like, 20 windows of training each) is then judged against its own level, not
+against the fleet's, whose spread is mostly the differences between devices. Only a device with
+fewer windows than that falls back to the fleet baseline (median and scale over all windows).
 
 Readings flagged BAD or SUSPECT (an overload beyond the valid range, a stuck sensor) are left out of
 the GOOD statistics, so the models also see each sensor's quality columns (issue 14 item 6), each
@@ -61,6 +66,7 @@ MAD_TO_SIGMA = 1.4826
 MEANAD_TO_SIGMA = 1.2533                # sqrt(pi / 2): mean absolute deviation -> sigma of a normal
 QUANTISATION_SIGMA = 12 ** -0.5         # the standard deviation of rounding to a step, in steps
 BASELINE_FILE = "baseline.parquet"      # the baseline's file in every model version
+MIN_CENTER_WINDOWS = 4                  # training windows from which a device's own median is used
 # the sensors each cross feature is computed from (transforms/features.py), and how their
 # resolution propagates: "relative" (ratios, products) or "absolute" (a difference in the first
 # sensor's unit)
@@ -188,14 +194,18 @@ class DeviceBaseline:
                 rows = x[order[bounds[i]:bounds[i + 1]]]
                 if len(rows) >= min_windows:
                     med[i], spread[i] = robust_location_spread(rows)
+                elif len(rows) >= MIN_CENTER_WINDOWS:
+                    med[i] = np.nanmedian(rows, axis=0)
             fleet_median, fleet_scale = robust_location_spread(x)
             fleet_median = np.nan_to_num(fleet_median)
             typical = np.nanmedian(spread, axis=0)      # typical within-device scale
-        typical = np.where(np.isfinite(typical) & (typical > 0), typical, np.nan_to_num(fleet_scale))
+            pooled = robust_location_spread(x - med[inverse])[1]   # around each device's own median
+        typical = np.where(np.isfinite(typical) & (typical > 0), typical,
+                           np.where(np.isfinite(pooled) & (pooled > 0), pooled, np.nan_to_num(fleet_scale)))
         steps = np.maximum(observed_steps(x), resolution_floors(columns, fleet_median, window_s))
         floor = np.maximum(np.maximum(floor_fraction * typical, QUANTISATION_SIGMA * steps), input_floors(columns))
         fleet_scale = np.maximum(np.nan_to_num(fleet_scale), floor)
-        scale = np.maximum(spread, floor)
+        scale = np.maximum(np.where(np.isfinite(spread), spread, typical), floor)
         known = np.isfinite(med)
         med = np.where(known, med, fleet_median)
         scale = np.where(known & np.isfinite(scale), scale, fleet_scale)

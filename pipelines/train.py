@@ -27,8 +27,9 @@ training span may hold failing devices, whose windows any good model flags): whe
 than ``--max_flag_ratio`` x its target of them (and at least 10), or the prefilter itself sets aside
 more than 20% of the windows (a collapsed feature scale), nothing is registered and train exits 2 with
 the reason (``--force`` registers anyway). Devices with fewer than
-``--min_windows`` training windows are listed one by one (they are scored against the fleet
-baseline) and counted in the summary.
+``--min_windows`` training windows are listed one by one (they are scored against their own median
+with the fleet's typical within-device scale, or, with very few windows, against the fleet baseline)
+and counted in the summary.
 
 Champion / challenger (models/registry.py): ``--promote`` makes the versions this run saves the
 champions that ``pipelines.score`` uses by default; without it they are challengers (score them side
@@ -55,7 +56,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from models import base as catalog
 from models import registry
-from models.features import BASELINE_FILE, MODEL_FEATURES, DeviceBaseline, matrix
+from models.features import BASELINE_FILE, MIN_CENTER_WINDOWS, MODEL_FEATURES, DeviceBaseline, matrix
 from pipelines import cli
 from pipelines.options import (MODEL_WINDOW, JoinVersions, LakeOptions, ModelsOptions, SpanOptions, WindowSizeOptions,
                                parse_model_versions)
@@ -67,7 +68,7 @@ log = logging.getLogger("train")
 class TrainParams:
     seed: int = 42
     window_size: str = MODEL_WINDOW
-    min_windows: int = 24               # device baseline: fewer training windows -> fleet baseline
+    min_windows: int = 24               # own scale from this many windows; fewer: the fleet's typical one
     clip: float = 20.0
     if_trees: int = 200
     if_max_samples: int = 512
@@ -146,12 +147,15 @@ def check_prefilter(clean: np.ndarray, params: TrainParams) -> list[str]:
 
 
 def _fleet_fallback(devices: np.ndarray, min_windows: int) -> dict[str, int]:
-    """Devices with fewer than min_windows training windows (they use the fleet baseline), logged one by one."""
+    """Devices with fewer than min_windows training windows, logged one by one: their scale is the
+    fleet's typical within-device one, and below MIN_CENTER_WINDOWS their level the fleet's too
+    (models/features.py)."""
     ids, counts = np.unique(devices.astype(str), return_counts=True)
     few = {str(d): int(n) for d, n in zip(ids, counts) if n < min_windows}
     for d, n in few.items():
-        log.warning("device %s: %d training windows (< --min_windows %d): scored against the fleet baseline",
-                    d, n, min_windows)
+        log.warning("device %s: %d training windows (< --min_windows %d): scored %s", d, n, min_windows,
+                    "against its own median with the fleet's typical within-device scale" if n >= MIN_CENTER_WINDOWS
+                    else f"against the fleet baseline (< {MIN_CENTER_WINDOWS} windows)")
     return few
 
 
@@ -241,7 +245,8 @@ class TrainOptions(LakeOptions, ModelsOptions, WindowSizeOptions, SpanOptions, P
         g.add_argument("--seed", type=int, default=TrainParams.seed,
                        help="random seed of the Isolation Forest and the autoencoder")
         g.add_argument("--min_windows", type=int, default=TrainParams.min_windows,
-                       help="training windows a device needs for its own baseline (else: the fleet's)")
+                       help="training windows a device needs for a scale of its own (fewer: its own median "
+                            f"with the fleet's typical within-device scale; fewer than {MIN_CENTER_WINDOWS}: the fleet baseline)")
         g.add_argument("--if_trees", type=int, default=TrainParams.if_trees, help="Isolation Forest: number of trees")
         g.add_argument("--ae_epochs", type=int, default=TrainParams.ae_epochs, help="autoencoder: training epochs")
         g.add_argument("--threshold_quantile", type=float, default=TrainParams.threshold_quantile,

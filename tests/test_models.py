@@ -107,6 +107,27 @@ def test_baseline_round_trip_and_unknown_devices(fleet):
                                atol=1e-5)
 
 
+def test_a_short_run_is_judged_against_its_own_level_with_the_pooled_within_device_scale():
+    """Test-bench runs (SKAB-like): 20 training windows each, fewer than --min_windows. Each device
+    keeps its own median; the scale is the spread around each device's own median, pooled, not the
+    fleet's (which is mostly the differences between the devices' levels)."""
+    from models.features import MIN_CENTER_WINDOWS
+    rng = np.random.default_rng(3)
+    levels = np.array([10.0, 20.0, 30.0, 40.0])              # devices 10 sigma_between apart, sigma_within 0.1
+    dev = np.repeat(np.array([f"TB-{i}" for i in range(4)], dtype=object), 20)
+    x = np.tile(np.repeat(levels, 20)[:, None], (1, len(MODEL_FEATURES))) + rng.normal(0, 0.1, (80, len(MODEL_FEATURES)))
+    b = DeviceBaseline.fit(dev, x, min_windows=24)
+    shifted = np.full((1, len(MODEL_FEATURES)), levels[1] + 0.8)   # 8 within-device sigma above TB-1's level
+    z = b.transform(np.array(["TB-1"], dtype=object), shifted)[0]
+    for feature in ("temperature_mean", "vibration_mean"):      # resolution steps well below sigma_within
+        assert z[MODEL_FEATURES.index(feature)] == pytest.approx(8, rel=0.25), feature
+    np.testing.assert_allclose(b.median[1], np.median(x[20:40], axis=0))
+    # below MIN_CENTER_WINDOWS a device falls back to the fleet's median and scale
+    few = DeviceBaseline.fit(np.r_[dev, ["TB-new"] * (MIN_CENTER_WINDOWS - 1)],
+                             np.r_[x, np.full((MIN_CENTER_WINDOWS - 1, x.shape[1]), 25.0)], min_windows=24)
+    np.testing.assert_allclose(few.median[few.devices.tolist().index("TB-new")], few.fleet_median)
+
+
 def test_each_model_separates_failures_from_normal_windows(fleet, trained):
     features, incidents = fleet
     _, versions = trained
