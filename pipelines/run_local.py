@@ -39,6 +39,12 @@ from core.windows import MODEL_WINDOW
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
+def _local(port_variable: str, default: int) -> str:
+    """A local service's address, on the port scripts/services.sh uses (its environment variable), so
+    a second stack on other ports can run beside the first."""
+    return f"127.0.0.1:{os.environ.get(port_variable, default)}"
+
+
 def arg_parser() -> argparse.ArgumentParser:
     # no project imports here: `--help` works with a bare python3, before setup
     class Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
@@ -63,9 +69,10 @@ def arg_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch_runner", choices=["flink", "direct"], default="flink",
                    help="where cleanse/features/score run (the streaming job always runs on Flink)")
     p.add_argument("--seed", type=int, default=7, help="simulator seed")
-    p.add_argument("--job_endpoint", default="127.0.0.1:8099", help="Beam job server of the local Flink")
-    p.add_argument("--flink_rest", default="127.0.0.1:8081", help="Flink REST address")
-    p.add_argument("--bootstrap_servers", default="127.0.0.1:9092", help="Kafka")
+    # defaults: the ports scripts/services.sh starts the services on (the same environment variables)
+    p.add_argument("--job_endpoint", default=_local("JOB_SERVER_PORT", 8099), help="Beam job server of the local Flink")
+    p.add_argument("--flink_rest", default=_local("FLINK_REST_PORT", 8081), help="Flink REST address")
+    p.add_argument("--bootstrap_servers", default=_local("KAFKA_PORT", 9092), help="Kafka")
     return p
 
 
@@ -154,7 +161,8 @@ class StreamingJob:
              # Python runs in the worker pool (scripts/services.sh start workers), one SDK worker process
              # per core; the Java KafkaIO stays EMBEDDED in the TaskManager
              "--environment_type=EXTERNAL",
-             f"--environment_config=127.0.0.1:{os.environ.get('SDK_WORKER_POOL_PORT', '50000')}",
+             f"--environment_config={_local('SDK_WORKER_POOL_PORT', 50000)}",
+             f"--expansion_service={_local('KAFKA_EXPANSION_PORT', 8096)}",
              f"--sdk_worker_parallelism={os.cpu_count() or 1}",
              "--default_environment_type=EMBEDDED", "--max_bundle_time_mills=100",
              "--checkpointing_interval=30000", "--parallelism=2"],
