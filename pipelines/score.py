@@ -57,19 +57,16 @@ from pipelines import cli
 from pipelines.options import JoinVersions, LakeOptions, ModelsOptions, WindowSizeOptions, parse_model_versions
 from transforms import delta
 from core import lake
+from core.windows import parse_window_size
 from transforms.arrow import ReadParquetChunks, SideTable
 from transforms.scoring import (APP, MODEL_ALERT_RULE, OPEN_AFTER, ModelRef, ScoreWindows, ensemble_version,
                                 incident_rows)
 
 log = logging.getLogger("score")
-WINDOW_SECONDS = {"30s": 30, "1m": 60, "5m": 300, "15m": 900, "30m": 1800, "1h": 3600, "6h": 21600, "1d": 86400}
 
 
 def window_seconds(window_size: str) -> float:
-    if window_size in WINDOW_SECONDS:
-        return WINDOW_SECONDS[window_size]
-    unit = {"s": 1, "m": 60, "h": 3600, "d": 86400}[window_size[-1]]
-    return float(window_size[:-1]) * unit
+    return float(parse_window_size(window_size).seconds)
 
 
 @dataclass
