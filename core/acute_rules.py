@@ -471,15 +471,21 @@ class Evaluation:
 
 
 class Rule:
-    """One acute rule. `window_us`: raw history its sensor needs behind a reading (None: the rule
-    keeps its own state, like vibration's buckets). `evaluate(series, p)`: condition, value,
-    threshold and context for the rows to evaluate; p holds thresholds per device (segment)."""
+    """One acute rule. `window_field`: the Thresholds field of the raw history its sensor needs behind
+    a reading (None: the rule keeps its own state, like vibration's buckets). `evaluate(series, p)`:
+    condition, value, threshold and context for the rows to evaluate; p holds thresholds per device
+    (segment)."""
     name: ClassVar[str]
     config_key: ClassVar[str]
     sensor: ClassVar[str]
+    window_field: ClassVar[str | None] = None
 
     def window_us(self, th: Thresholds) -> int | None:
-        raise NotImplementedError
+        return None if self.window_field is None else getattr(th, self.window_field)
+
+    def window(self, p: Params) -> np.ndarray:
+        """window_us per device (segment)."""
+        return p[self.window_field]
 
     def evaluate(self, s: Series, p: Params) -> Evaluation | None:
         raise NotImplementedError
@@ -487,9 +493,7 @@ class Rule:
 
 class CurrentSpike(Rule):
     name, config_key, sensor = "CURRENT_SPIKE", "current_spike", "compressor_current"
-
-    def window_us(self, th):
-        return th.current_gap_us
+    window_field = "current_gap_us"
 
     def evaluate(self, s, p):
         rated = p.rated[s.dev]
@@ -504,17 +508,26 @@ class CurrentSpike(Rule):
             "rated_current_a": float(rated[rows[k]])})
 
 
-class PressureDrop(Rule):
-    name, config_key, sensor = "PRESSURE_DROP", "pressure_drop", "suction_pressure"
-
-    def window_us(self, th):
-        return th.pressure_window_us
+class TrailingWindowRule(Rule):
+    """A rule over the trailing window of each row to evaluate (from t - window up to the row):
+    `over_windows` gets the rows, their devices (segments) and each window's first row."""
 
     def evaluate(self, s, p):
         rows = np.flatnonzero(s.evaluate)
         d = s.dev[rows]
-        lo = _segment_search(s.dev, s.t, d, s.t[rows] - p.pressure_window_us[d], "left")
-        window_max = _range_max(s.v, lo, rows)
+        lo = _segment_search(s.dev, s.t, d, s.t[rows] - self.window(p)[d], "left")
+        return self.over_windows(s, p, rows, d, lo)
+
+    def over_windows(self, s: Series, p: Params, rows: np.ndarray, d: np.ndarray, lo: np.ndarray) -> Evaluation:
+        raise NotImplementedError
+
+
+class PressureDrop(TrailingWindowRule):
+    name, config_key, sensor = "PRESSURE_DROP", "pressure_drop", "suction_pressure"
+    window_field = "pressure_window_us"
+
+    def over_windows(self, s, p, rows, d, lo):
+        window_max = _range_max(s.v, lo, rows)         # [t - window, t): the row itself excluded
         limit = np.minimum(window_max * (1 - p.pressure_fraction[d]), window_max - p.pressure_kpa[d])
         with np.errstate(invalid="ignore"):
             cond = ~np.isnan(window_max) & (s.v[rows] <= limit)
@@ -523,19 +536,14 @@ class PressureDrop(Rule):
             "window_max": float(window_max[k]), "drop_kpa": float(window_max[k] - v[k])})
 
 
-class CoolingLoss(Rule):
+class CoolingLoss(TrailingWindowRule):
     name, config_key, sensor = "COOLING_LOSS", "cooling_loss", "temperature"
+    window_field = "cooling_window_us"
 
-    def window_us(self, th):
-        return th.cooling_window_us
-
-    def evaluate(self, s, p):
-        rows = np.flatnonzero(s.evaluate)
-        d = s.dev[rows]
+    def over_windows(self, s, p, rows, d, lo):
         x = (s.t - s.t[s.seg_start[s.dev]]) / MINUTE_US
         y = s.v
         cn, cx, cy, cxy, cxx = _padded_cumsum(s.seg_start, s.seg_len, [np.ones_like(x), x, y, x * y, x * x])
-        lo = _segment_search(s.dev, s.t, d, s.t[rows] - p.cooling_window_us[d], "left")
         n, sx, sy, sxy, sxx = (_pref(c, s, d, rows + 1) - _pref(c, s, d, lo) for c in (cn, cx, cy, cxy, cxx))
         denominator = n * sxx - sx * sx
         with np.errstate(invalid="ignore", divide="ignore"):
@@ -555,9 +563,7 @@ def _pref(grid: np.ndarray, s: Series, d: np.ndarray, pos: np.ndarray) -> np.nda
 
 class VibrationSurge(Rule):
     name, config_key, sensor = "VIBRATION_SURGE", "vibration_surge", "vibration"
-
-    def window_us(self, th):
-        return None                 # keeps buckets, not raw history
+    window_field = None             # keeps buckets, not raw history
 
     def evaluate(self, s, p):       # s: new rows sorted by (dev, t); s.buckets set by the engine
         raise NotImplementedError("evaluated by the engine's bucket path")
@@ -786,7 +792,7 @@ def evaluate(states: DeviceStates, batch: Batch, config: RuleConfig, detected_at
                 fire_parts.append(rule_fires)
                 continue
             series, kept_hist = _merge_series(old, dev[rows], t[rows], value[rows], len(states.hist["t"]) + rows,
-                                              ndev, code, max_t, p.slack_us + _window(rule, p))
+                                              ndev, code, max_t, p.slack_us + rule.window(p))
             hist_parts.append(kept_hist)
             evaluation = rule.evaluate(series, p) if len(series.t) else None
             if evaluation is None:
@@ -817,11 +823,6 @@ def evaluate(states: DeviceStates, batch: Batch, config: RuleConfig, detected_at
     fires = _trim_fires(_sort_rows(_concat_rows(fire_parts, FIRES), ("dev", "rule", "f")),
                         max_t - p.lateness_us - p.suppression_us)
     return DeviceStates(states.ids, max_t, seen_at, hist, seen, vib, fires), alerts, counts
-
-
-def _window(rule: Rule, p: Params) -> np.ndarray:
-    return {"CURRENT_SPIKE": p.current_gap_us, "PRESSURE_DROP": p.pressure_window_us,
-            "COOLING_LOSS": p.cooling_window_us}[rule.name]
 
 
 def _pair_in(dev: np.ndarray, key: np.ndarray, sdev: np.ndarray, skey: np.ndarray) -> np.ndarray:
