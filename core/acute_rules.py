@@ -9,8 +9,8 @@ rare readings whose condition holds and that no existing alert suppresses go thr
 loop (suppression is sequential by nature).
 
 State per device (all bounded, `DeviceStates`): the newest event time, event-id hashes of the last
-`dedup_window` (duplicates), raw history per rule sensor for the rule's window plus
-`reorder_slack` (current, suction pressure, temperature), vibration sums/counts/first time per
+`dedup_window` (duplicates), raw history per rule sensor (one, shared by the rules that watch
+it) for the longest of their windows plus `reorder_slack` (current, suction pressure, temperature), vibration sums/counts/first time per
 `bucket_minutes` over 24 h, and per rule the recent alerts and when their condition cleared.
 
 Semantics (same as tests/reference_acute.py, the per-device engine this replaces):
@@ -84,8 +84,13 @@ class Thresholds:
 
     @property
     def history_us(self) -> dict[str, int]:
-        """How much raw history each rule sensor keeps behind the newest reading."""
-        return {r.sensor: r.window_us(self) + self.slack_us for r in RULES if r.window_us(self) is not None}
+        """How much raw history each rule sensor keeps behind the newest reading: the longest window of
+        its rules (one history per sensor, however many rules watch it) plus the reorder slack."""
+        out: dict[str, int] = {}
+        for r in RULES:
+            if r.window_us(self) is not None:
+                out[r.sensor] = max(out.get(r.sensor, 0), r.window_us(self) + self.slack_us)
+        return out
 
 
 def _merge(base: dict, override: dict) -> dict:
@@ -778,22 +783,32 @@ def evaluate(states: DeviceStates, batch: Batch, config: RuleConfig, detected_at
     # are gathered once, into the new state, instead of at every step of the merge
     eids = np.concatenate([states.hist["eid"], eid])
     hist_rows = {**states.hist, "eid": np.arange(len(states.hist["t"]))}
+    # one history per sensor, merged once and kept for the longest window of the rules that watch it
+    windowed = [r for r in RULES if r.window_field is not None]
+    series_of: dict[str, Series | None] = {}
+    for name in dict.fromkeys(r.sensor for r in windowed):
+        rows = np.flatnonzero(keep & (sensor == name))
+        code = SENSOR_CODES[name]
+        old = _take_rows(hist_rows, np.flatnonzero(states.hist["sensor"] == code))
+        if not len(rows):
+            hist_parts.append(old)
+            series_of[name] = None
+            continue
+        retention = p.slack_us + np.maximum.reduce([r.window(p) for r in windowed if r.sensor == name])
+        series_of[name], kept_hist = _merge_series(old, dev[rows], t[rows], value[rows], len(states.hist["t"]) + rows,
+                                                   ndev, code, max_t, retention)
+        hist_parts.append(kept_hist)
     for rule_code, rule in enumerate(RULES):
-        rows = np.flatnonzero(keep & (sensor == rule.sensor))
         rule_fires = _rule_rows(states.fires, rule_code)
-        code = SENSOR_CODES[rule.sensor]
-        if rule.window_us(config.for_model(None)) is None:
+        if rule.window_field is None:
+            rows = np.flatnonzero(keep & (sensor == rule.sensor))
             evaluation, ev_dev, ev_t, ev_eid, vib_state = _vibration(states, dev[rows], t[rows], value[rows],
                                                                     eid[rows], p, ndev)
         else:
-            old = _take_rows(hist_rows, np.flatnonzero(states.hist["sensor"] == code))
-            if not len(rows):
-                hist_parts.append(old)
+            series = series_of[rule.sensor]
+            if series is None:
                 fire_parts.append(rule_fires)
                 continue
-            series, kept_hist = _merge_series(old, dev[rows], t[rows], value[rows], len(states.hist["t"]) + rows,
-                                              ndev, code, max_t, p.slack_us + rule.window(p))
-            hist_parts.append(kept_hist)
             evaluation = rule.evaluate(series, p) if len(series.t) else None
             if evaluation is None:
                 fire_parts.append(rule_fires)
