@@ -249,7 +249,10 @@ def alert_files_in_span(lake_root: str, span: tuple[dt.datetime, dt.datetime] | 
         return []
     adds = alerts.get_add_actions(flatten=True).to_pydict()
     n = len(adds["path"])
-    col = lambda name: adds.get(name) or [None] * n  # noqa: E731 - a file written without stats
+
+    def col(name: str) -> list:
+        return adds.get(name) or [None] * n          # a file written without stats
+
     root = lake.table_uri(lake_root, "alerts")
     lo, hi = span
     return sorted(f"{root}/{path}" for path, t_lo, t_hi, r_lo, r_hi in zip(
