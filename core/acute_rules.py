@@ -9,8 +9,8 @@ rare readings whose condition holds and that no existing alert suppresses go thr
 loop (suppression is sequential by nature).
 
 State per device (all bounded, `DeviceStates`): the newest event time, event-id hashes of the last
-`dedup_window` (duplicates), raw history per rule sensor for the rule's window plus
-`reorder_slack` (current, suction pressure, temperature), vibration sums/counts/first time per
+`dedup_window` (duplicates), raw history per rule sensor (one, shared by the rules that watch
+it) for the longest of their windows plus `reorder_slack` (current, suction pressure, temperature), vibration sums/counts/first time per
 `bucket_minutes` over 24 h, and per rule the recent alerts and when their condition cleared.
 
 Semantics (same as tests/reference_acute.py, the per-device engine this replaces):
@@ -84,8 +84,13 @@ class Thresholds:
 
     @property
     def history_us(self) -> dict[str, int]:
-        """How much raw history each rule sensor keeps behind the newest reading."""
-        return {r.sensor: r.window_us(self) + self.slack_us for r in RULES if r.window_us(self) is not None}
+        """How much raw history each rule sensor keeps behind the newest reading: the longest window of
+        its rules (one history per sensor, however many rules watch it) plus the reorder slack."""
+        out: dict[str, int] = {}
+        for r in RULES:
+            if r.window_us(self) is not None:
+                out[r.sensor] = max(out.get(r.sensor, 0), r.window_us(self) + self.slack_us)
+        return out
 
 
 def _merge(base: dict, override: dict) -> dict:
@@ -471,15 +476,21 @@ class Evaluation:
 
 
 class Rule:
-    """One acute rule. `window_us`: raw history its sensor needs behind a reading (None: the rule
-    keeps its own state, like vibration's buckets). `evaluate(series, p)`: condition, value,
-    threshold and context for the rows to evaluate; p holds thresholds per device (segment)."""
+    """One acute rule. `window_field`: the Thresholds field of the raw history its sensor needs behind
+    a reading (None: the rule keeps its own state, like vibration's buckets). `evaluate(series, p)`:
+    condition, value, threshold and context for the rows to evaluate; p holds thresholds per device
+    (segment)."""
     name: ClassVar[str]
     config_key: ClassVar[str]
     sensor: ClassVar[str]
+    window_field: ClassVar[str | None] = None
 
     def window_us(self, th: Thresholds) -> int | None:
-        raise NotImplementedError
+        return None if self.window_field is None else getattr(th, self.window_field)
+
+    def window(self, p: Params) -> np.ndarray:
+        """window_us per device (segment)."""
+        return p[self.window_field]
 
     def evaluate(self, s: Series, p: Params) -> Evaluation | None:
         raise NotImplementedError
@@ -487,9 +498,7 @@ class Rule:
 
 class CurrentSpike(Rule):
     name, config_key, sensor = "CURRENT_SPIKE", "current_spike", "compressor_current"
-
-    def window_us(self, th):
-        return th.current_gap_us
+    window_field = "current_gap_us"
 
     def evaluate(self, s, p):
         rated = p.rated[s.dev]
@@ -504,17 +513,26 @@ class CurrentSpike(Rule):
             "rated_current_a": float(rated[rows[k]])})
 
 
-class PressureDrop(Rule):
-    name, config_key, sensor = "PRESSURE_DROP", "pressure_drop", "suction_pressure"
-
-    def window_us(self, th):
-        return th.pressure_window_us
+class TrailingWindowRule(Rule):
+    """A rule over the trailing window of each row to evaluate (from t - window up to the row):
+    `over_windows` gets the rows, their devices (segments) and each window's first row."""
 
     def evaluate(self, s, p):
         rows = np.flatnonzero(s.evaluate)
         d = s.dev[rows]
-        lo = _segment_search(s.dev, s.t, d, s.t[rows] - p.pressure_window_us[d], "left")
-        window_max = _range_max(s.v, lo, rows)
+        lo = _segment_search(s.dev, s.t, d, s.t[rows] - self.window(p)[d], "left")
+        return self.over_windows(s, p, rows, d, lo)
+
+    def over_windows(self, s: Series, p: Params, rows: np.ndarray, d: np.ndarray, lo: np.ndarray) -> Evaluation:
+        raise NotImplementedError
+
+
+class PressureDrop(TrailingWindowRule):
+    name, config_key, sensor = "PRESSURE_DROP", "pressure_drop", "suction_pressure"
+    window_field = "pressure_window_us"
+
+    def over_windows(self, s, p, rows, d, lo):
+        window_max = _range_max(s.v, lo, rows)         # [t - window, t): the row itself excluded
         limit = np.minimum(window_max * (1 - p.pressure_fraction[d]), window_max - p.pressure_kpa[d])
         with np.errstate(invalid="ignore"):
             cond = ~np.isnan(window_max) & (s.v[rows] <= limit)
@@ -523,19 +541,14 @@ class PressureDrop(Rule):
             "window_max": float(window_max[k]), "drop_kpa": float(window_max[k] - v[k])})
 
 
-class CoolingLoss(Rule):
+class CoolingLoss(TrailingWindowRule):
     name, config_key, sensor = "COOLING_LOSS", "cooling_loss", "temperature"
+    window_field = "cooling_window_us"
 
-    def window_us(self, th):
-        return th.cooling_window_us
-
-    def evaluate(self, s, p):
-        rows = np.flatnonzero(s.evaluate)
-        d = s.dev[rows]
+    def over_windows(self, s, p, rows, d, lo):
         x = (s.t - s.t[s.seg_start[s.dev]]) / MINUTE_US
         y = s.v
         cn, cx, cy, cxy, cxx = _padded_cumsum(s.seg_start, s.seg_len, [np.ones_like(x), x, y, x * y, x * x])
-        lo = _segment_search(s.dev, s.t, d, s.t[rows] - p.cooling_window_us[d], "left")
         n, sx, sy, sxy, sxx = (_pref(c, s, d, rows + 1) - _pref(c, s, d, lo) for c in (cn, cx, cy, cxy, cxx))
         denominator = n * sxx - sx * sx
         with np.errstate(invalid="ignore", divide="ignore"):
@@ -555,9 +568,7 @@ def _pref(grid: np.ndarray, s: Series, d: np.ndarray, pos: np.ndarray) -> np.nda
 
 class VibrationSurge(Rule):
     name, config_key, sensor = "VIBRATION_SURGE", "vibration_surge", "vibration"
-
-    def window_us(self, th):
-        return None                 # keeps buckets, not raw history
+    window_field = None             # keeps buckets, not raw history
 
     def evaluate(self, s, p):       # s: new rows sorted by (dev, t); s.buckets set by the engine
         raise NotImplementedError("evaluated by the engine's bucket path")
@@ -772,22 +783,32 @@ def evaluate(states: DeviceStates, batch: Batch, config: RuleConfig, detected_at
     # are gathered once, into the new state, instead of at every step of the merge
     eids = np.concatenate([states.hist["eid"], eid])
     hist_rows = {**states.hist, "eid": np.arange(len(states.hist["t"]))}
+    # one history per sensor, merged once and kept for the longest window of the rules that watch it
+    windowed = [r for r in RULES if r.window_field is not None]
+    series_of: dict[str, Series | None] = {}
+    for name in dict.fromkeys(r.sensor for r in windowed):
+        rows = np.flatnonzero(keep & (sensor == name))
+        code = SENSOR_CODES[name]
+        old = _take_rows(hist_rows, np.flatnonzero(states.hist["sensor"] == code))
+        if not len(rows):
+            hist_parts.append(old)
+            series_of[name] = None
+            continue
+        retention = p.slack_us + np.maximum.reduce([r.window(p) for r in windowed if r.sensor == name])
+        series_of[name], kept_hist = _merge_series(old, dev[rows], t[rows], value[rows], len(states.hist["t"]) + rows,
+                                                   ndev, code, max_t, retention)
+        hist_parts.append(kept_hist)
     for rule_code, rule in enumerate(RULES):
-        rows = np.flatnonzero(keep & (sensor == rule.sensor))
         rule_fires = _rule_rows(states.fires, rule_code)
-        code = SENSOR_CODES[rule.sensor]
-        if rule.window_us(config.for_model(None)) is None:
+        if rule.window_field is None:
+            rows = np.flatnonzero(keep & (sensor == rule.sensor))
             evaluation, ev_dev, ev_t, ev_eid, vib_state = _vibration(states, dev[rows], t[rows], value[rows],
                                                                     eid[rows], p, ndev)
         else:
-            old = _take_rows(hist_rows, np.flatnonzero(states.hist["sensor"] == code))
-            if not len(rows):
-                hist_parts.append(old)
+            series = series_of[rule.sensor]
+            if series is None:
                 fire_parts.append(rule_fires)
                 continue
-            series, kept_hist = _merge_series(old, dev[rows], t[rows], value[rows], len(states.hist["t"]) + rows,
-                                              ndev, code, max_t, p.slack_us + _window(rule, p))
-            hist_parts.append(kept_hist)
             evaluation = rule.evaluate(series, p) if len(series.t) else None
             if evaluation is None:
                 fire_parts.append(rule_fires)
@@ -817,11 +838,6 @@ def evaluate(states: DeviceStates, batch: Batch, config: RuleConfig, detected_at
     fires = _trim_fires(_sort_rows(_concat_rows(fire_parts, FIRES), ("dev", "rule", "f")),
                         max_t - p.lateness_us - p.suppression_us)
     return DeviceStates(states.ids, max_t, seen_at, hist, seen, vib, fires), alerts, counts
-
-
-def _window(rule: Rule, p: Params) -> np.ndarray:
-    return {"CURRENT_SPIKE": p.current_gap_us, "PRESSURE_DROP": p.pressure_window_us,
-            "COOLING_LOSS": p.cooling_window_us}[rule.name]
 
 
 def _pair_in(dev: np.ndarray, key: np.ndarray, sdev: np.ndarray, skey: np.ndarray) -> np.ndarray:

@@ -59,6 +59,11 @@ class ResolvedSpans:
     registry_version: int                        # registry version read (-1: not needed)
 
 
+def _cell(row: dict, key: str) -> str | None:
+    """A spans file entry's field, stripped (None: missing or blank)."""
+    return str(row.get(key) or "").strip() or None
+
+
 def _entries(payload: bytes, name: str) -> list[SpanEntry]:
     text = payload.decode("utf-8")
     if name.endswith(".json") or text.lstrip()[:1] in ("[", "{"):
@@ -70,8 +75,7 @@ def _entries(payload: bytes, name: str) -> list[SpanEntry]:
         rows = [r for r in csv.DictReader(io.StringIO(text)) if any((v or "").strip() for v in r.values())]
     out = []
     for i, r in enumerate(rows, 1):
-        get = lambda k: (str(r.get(k) or "")).strip() or None  # noqa: E731
-        entry = SpanEntry(get("device_id"), get("model"), get("start") or "", get("end") or "")
+        entry = SpanEntry(_cell(r, "device_id"), _cell(r, "model"), _cell(r, "start") or "", _cell(r, "end") or "")
         if (entry.device_id is None) == (entry.model is None):
             raise SpansError(f"{name} entry {i}: give exactly one of device_id or model, got {r}")
         if not entry.start or not entry.end:
@@ -170,12 +174,15 @@ def in_spans(device_ids: pa.ChunkedArray | pa.Array, times: pa.ChunkedArray | pa
     ranks: list[tuple[np.ndarray, np.ndarray]] = []
     index = {d: i for i, d in enumerate(devices)}
     rank_of: dict[str, int] = {}
+
+    def as_int(s) -> int:
+        return pa.scalar(utc_datetime(s), pa.timestamp(unit, "UTC")).cast(pa.int64()).as_py()
+
     for d, lo, hi in spans:
         r = rank_of.get(d, 0)
         rank_of[d] = r + 1
         if r == len(ranks):      # empty spans (lo = hi) for devices without an r-th span
             ranks.append((np.zeros(len(devices) + 1, np.int64), np.zeros(len(devices) + 1, np.int64)))
-        as_int = lambda s: pa.scalar(utc_datetime(s), pa.timestamp(unit, "UTC")).cast(pa.int64()).as_py()  # noqa: E731
         ranks[r][0][index[d]], ranks[r][1][index[d]] = as_int(lo), as_int(hi)
     mask = np.zeros(len(t), dtype=bool)
     for lo, hi in ranks:         # code -1 (a device without spans) takes the last, empty slot

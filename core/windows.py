@@ -34,3 +34,11 @@ def parse_window_sizes(text: str) -> tuple[WindowSize, ...]:
     if not sizes:
         raise ValueError("no window sizes given")
     return tuple(sorted(set(sizes)))
+
+
+def parse_window_size(text: str) -> WindowSize:
+    """"1h" -> one window size."""
+    sizes = parse_window_sizes(text)
+    if "," in text or len(sizes) != 1:
+        raise ValueError(f"window size {text!r}: expected one size, e.g. {MODEL_WINDOW}")
+    return sizes[0]

@@ -46,6 +46,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from core.windows import MODEL_WINDOW, parse_window_size
 from schemas.contracts import CROSS_FEATURES
 from schemas.sensors import SENSOR_TYPES, SENSORS
 
@@ -180,7 +181,8 @@ class DeviceBaseline:
 
     @classmethod
     def fit(cls, device_ids: np.ndarray, x: np.ndarray, columns=MODEL_FEATURES, min_windows: int = 24,
-            clip: float = 20.0, floor_fraction: float = 0.25, window_s: float = 3600.0) -> "DeviceBaseline":
+            clip: float = 20.0, floor_fraction: float = 0.25,
+            window_s: float = float(parse_window_size(MODEL_WINDOW).seconds)) -> "DeviceBaseline":
         device_ids = np.asarray(device_ids, dtype=object)
         devices, inverse = np.unique(device_ids.astype(str), return_inverse=True)
         med = np.full((len(devices), x.shape[1]), np.nan)

@@ -14,26 +14,21 @@ Dedup, quality flags and quarantine rules: see transforms/cleansing.py.
 examples:
   python -m pipelines.cleanse                                  # all new landing versions, DirectRunner
   python -m pipelines.cleanse --lake /tmp/c4/lake --lookback_days 3
-  python -m pipelines.cleanse --runner=FlinkRunner --flink_master=127.0.0.1:8081 \\
-      --flink_job_server_jar=.cache/jvm/beam/beam-runners-flink-1.20-job-server-2.72.0.jar --environment_type=LOOPBACK
+  python -m pipelines.cleanse --runner=FlinkRunner ...         # the Beam options: see the end of --help
 """
 from __future__ import annotations
 
-import json
 import logging
-import sys
-import time
-from pathlib import Path
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipelines import cli
-from pipelines.options import IncrementalJobOptions
+from pipelines.options import IncrementalJobOptions, option_group
 from transforms import cleansing as cl
 from core import lake
 from transforms import delta
-from transforms.baselines import baseline_path, ensure_baseline
+from transforms.baselines import baseline_path
 
 log = logging.getLogger("cleanse")
 
@@ -41,23 +36,26 @@ log = logging.getLogger("cleanse")
 class CleanseOptions(IncrementalJobOptions, PipelineOptions):
     option_defaults = {"shards": cl.CleanseConfig.shards}
 
-    @classmethod
-    def _add_argparse_args(cls, parser):
-        g = parser.add_argument_group("cleanse")
-        g.add_argument("--max_versions", type=int, default=0,
-                       help="consume at most this many landing versions in one run, to catch up in steps (0: all)")
-        g.add_argument("--lookback_days", type=float, default=cl.CleanseConfig.lookback_s / 86400,
-                       help="dedup against clean rows up to this long before the newest ingestion time of the "
-                            "new rows; older replays are not recognised")
-        g.add_argument("--future_tolerance_seconds", type=float, default=cl.CleanseConfig.future_tolerance_s,
-                       help="clock skew allowed before a reading later than its ingestion is flagged "
-                            "future_timestamp (BAD)")
-        g.add_argument("--stuck_run_length", type=int, default=cl.CleanseConfig.stuck_run_length,
-                       help="consecutive values of one device and sensor, equal within the sensor's resolution, "
-                            "flagged stuck_value (SUSPECT) when they also span --stuck_min_duration_seconds")
-        g.add_argument("--stuck_min_duration_seconds", type=float, default=cl.CleanseConfig.stuck_min_duration_s,
-                       help="shortest time from the first to the last value of a stuck run: a steady quantised "
-                            "sensor sampled every second is not stuck after 10 equal values")
+    _add_argparse_args = option_group(
+        "cleanse",
+        ("--max_versions", dict(
+            type=int, default=0,
+            help="consume at most this many landing versions in one run, to catch up in steps (0: all)")),
+        ("--lookback_days", dict(
+            type=float, default=cl.CleanseConfig.lookback_s / 86400,
+            help="dedup against clean rows up to this long before the newest ingestion time of the new rows; older "
+                 "replays are not recognised")),
+        ("--future_tolerance_seconds", dict(
+            type=float, default=cl.CleanseConfig.future_tolerance_s,
+            help="clock skew allowed before a reading later than its ingestion is flagged future_timestamp (BAD)")),
+        ("--stuck_run_length", dict(
+            type=int, default=cl.CleanseConfig.stuck_run_length,
+            help="consecutive values of one device and sensor, equal within the sensor's resolution, flagged "
+                 "stuck_value (SUSPECT) when they also span --stuck_min_duration_seconds")),
+        ("--stuck_min_duration_seconds", dict(
+            type=float, default=cl.CleanseConfig.stuck_min_duration_s,
+            help="shortest time from the first to the last value of a stuck run: a steady quantised sensor sampled "
+                 "every second is not stuck after 10 equal values")))
 
 
 def arg_parser():
@@ -141,30 +139,15 @@ def run(argv: list[str] | None = None) -> dict:
         return {"rows_in": 0, "reconciles": True, "nothing_to_do": True}
     log.info("landing versions %s, %d files", {t: (a, plan.upto) for t, a in plan.after.items()},
              len(plan.landing_files))
-    import transforms.validation  # noqa: F401  (TensorFlow's import takes seconds: keep it out of the timing)
-    started = time.monotonic()
-    pipeline = beam.Pipeline(options=options)
-    build(pipeline, plan, config_of(opts), opts)
-    result = pipeline.run()
-    if cli.is_dry_run(options):
-        return {"dry_run": True, "reconciles": True}
-    result.wait_until_finish()
-    summary = summarize(plan, cli.metric_counters(result, cl.APP), time.monotonic() - started)
-    for table, c in summary["commits"].items():
-        if c["version"] is not None:
-            ensure_baseline(plan.lake, table, c["version"], baseline_path(plan.lake, opts.baseline_dir, table))
-    print(render(summary))
-    print("CLEANSE_SUMMARY " + json.dumps(summary, sort_keys=True))
-    if opts.summary_json:
-        Path(opts.summary_json).write_text(json.dumps(summary, indent=2, sort_keys=True))
-    return summary
+    return cli.run_incremental(
+        "cleanse", options, lambda pipeline: build(pipeline, plan, config_of(opts), opts),
+        lambda result, elapsed_s: summarize(plan, cli.metric_counters(result, cl.APP), elapsed_s), render,
+        baseline_dir=opts.baseline_dir, summary_json=opts.summary_json, dry_run={"dry_run": True, "reconciles": True},
+        committed=lambda summary: [(plan.lake, table, c["version"]) for table, c in summary["commits"].items()
+                                   if c["version"] is not None])
 
 
-def main(argv: list[str] | None = None) -> int:
-    cli.setup_logging()
-    logging.getLogger("apache_beam.typehints").setLevel(logging.WARNING)
-    summary = run(argv)
-    return 0 if summary["reconciles"] and summary.get("commits_match_counts", True) else 1
+main = cli.entry_point(run, ok=lambda summary: summary["reconciles"] and summary.get("commits_match_counts", True))
 
 
 if __name__ == "__main__":

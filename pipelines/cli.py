@@ -3,12 +3,15 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import json
 import logging
 import os
 import sys
+import time
 import traceback
 import warnings
-from typing import Callable, NoReturn
+from pathlib import Path
+from typing import Callable, Iterable, NoReturn
 
 from core.timestamps import utc_datetime  # noqa: F401  (the argparse type of the entry points' dates)
 from transforms.runs import is_dry_run, metric_counters, print_summary  # noqa: F401  (every entry point's)
@@ -18,7 +21,7 @@ def setup_logging(level: str = "INFO") -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     warnings.filterwarnings("ignore", category=FutureWarning)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    for noisy in ("apache_beam.runners.worker", "apache_beam.typehints.native_type_compatibility", "kafka", "absl"):
+    for noisy in ("apache_beam.runners.worker", "apache_beam.typehints", "kafka", "absl"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
@@ -101,3 +104,31 @@ def pipeline_options(parser: argparse.ArgumentParser, argv: list[str] | None):
 def parse_pipeline_args(options_cls, argv: list[str] | None, prog: str, description: str):
     """``pipeline_options(pipeline_parser(...), argv)``: a pipeline's options, own + Beam."""
     return pipeline_options(pipeline_parser(options_cls, prog, description), argv)
+
+
+def run_incremental(job: str, options, build: Callable, summarize: Callable[..., dict], render: Callable[[dict], str],
+                    *, baseline_dir: str | None, summary_json: str | None,
+                    committed: Callable[[dict], Iterable[tuple[str, str, int]]], dry_run: dict) -> dict:
+    """The run of an incremental batch job once it has a plan: ``build(pipeline)`` adds its transforms,
+    the pipeline runs (``dry_run`` is returned when it only was submitted), ``summarize(result, elapsed_s)``
+    gives the summary, the TFDV baseline of each ``(lake, table, version)`` in ``committed(summary)`` is
+    ensured, and the summary is printed (``render`` and the ``<JOB>_SUMMARY`` line) and written to
+    ``summary_json`` when given."""
+    import apache_beam as beam
+    import transforms.validation  # noqa: F401  (TensorFlow's import takes seconds: keep it out of the timing)
+    from transforms.baselines import baseline_path, ensure_baseline
+    started = time.monotonic()
+    pipeline = beam.Pipeline(options=options)
+    build(pipeline)
+    result = pipeline.run()
+    if is_dry_run(options):
+        return dry_run
+    result.wait_until_finish()
+    summary = summarize(result, time.monotonic() - started)
+    for lake_path, table, version in committed(summary):
+        ensure_baseline(lake_path, table, version, baseline_path(lake_path, baseline_dir, table))
+    print(render(summary))
+    print_summary(job, summary)
+    if summary_json:
+        Path(summary_json).write_text(json.dumps(summary, indent=2, sort_keys=True))
+    return summary

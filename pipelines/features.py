@@ -15,45 +15,38 @@ reported). Definitions: transforms/features.py.
 examples:
   python -m pipelines.features                                   # 15m, 1h, 1d windows, DirectRunner
   python -m pipelines.features --window_sizes 30s,5m --sampling_interval_seconds 1
-  python -m pipelines.features --runner=FlinkRunner --flink_master=127.0.0.1:8081 \\
-      --flink_job_server_jar=.cache/jvm/beam/beam-runners-flink-1.20-job-server-2.72.0.jar --environment_type=LOOPBACK
+  python -m pipelines.features --runner=FlinkRunner ...          # the Beam options: see the end of --help
 """
 from __future__ import annotations
 
 import datetime as dt
-import json
-import logging
-import sys
-import time
-from pathlib import Path
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipelines import cli
-from pipelines.options import IncrementalJobOptions
+from pipelines.options import IncrementalJobOptions, option_group
 from core import lake
 from transforms import features as ft
-from transforms.baselines import baseline_path, ensure_baseline
+from transforms.baselines import baseline_path
 from transforms.delta import rows_in_version
-
-log = logging.getLogger("features")
 
 
 class FeaturesOptions(IncrementalJobOptions, PipelineOptions):
     option_defaults = {"shards": ft.FeaturesConfig.shards}
 
-    @classmethod
-    def _add_argparse_args(cls, parser):
-        g = parser.add_argument_group("features")
-        g.add_argument("--window_sizes", default=",".join(s.label for s in ft.FeaturesConfig.sizes),
-                       help="comma list of tumbling window sizes, each a number and s, m, h or d")
-        g.add_argument("--allowed_lateness_seconds", type=float, default=60.0,
-                       help="a window is computed once clean holds readings ingested this long after its end; "
-                            "readings later than that make the run recompute the window")
-        g.add_argument("--sampling_interval_seconds", type=float, default=ft.FeaturesConfig.default_interval_s,
-                       help="sampling interval assumed for missing_ratio when a window has too few readings "
-                            "to measure it")
+    _add_argparse_args = option_group(
+        "features",
+        ("--window_sizes", dict(
+            default=",".join(s.label for s in ft.FeaturesConfig.sizes),
+            help="comma list of tumbling window sizes, each a number and s, m, h or d")),
+        ("--allowed_lateness_seconds", dict(
+            type=float, default=60.0,
+            help="a window is computed once clean holds readings ingested this long after its end; readings later "
+                 "than that make the run recompute the window")),
+        ("--sampling_interval_seconds", dict(
+            type=float, default=ft.FeaturesConfig.default_interval_s,
+            help="sampling interval assumed for missing_ratio when a window has too few readings to measure it")))
 
 
 def arg_parser():
@@ -133,32 +126,17 @@ def run(argv: list[str] | None = None) -> dict:
     if plan is None:
         print("features: nothing to do (no clean versions newer than the last run)")
         return {"nothing_to_do": True, "feature_rows": 0}
-    import transforms.validation  # noqa: F401  (TensorFlow's import takes seconds: keep it out of the timing)
-    started = time.monotonic()
-    pipeline = beam.Pipeline(options=options)
     layout = ft.shard_layout(plan, config)
-    build(pipeline, plan, config, opts, layout)
-    result = pipeline.run()
-    if cli.is_dry_run(options):
-        return {"dry_run": True}
-    result.wait_until_finish()
-    summary = summarize(plan, config, cli.metric_counters(result, ft.APP), time.monotonic() - started, layout,
-                        largest_group_bytes(result))
-    if summary["commit"]["version"] is not None:
-        ensure_baseline(plan.lake, ft.FEATURES, summary["commit"]["version"],
-                        baseline_path(plan.lake, opts.baseline_dir, ft.FEATURES))
-    print(render(summary))
-    print("FEATURES_SUMMARY " + json.dumps(summary, sort_keys=True))
-    if opts.summary_json:
-        Path(opts.summary_json).write_text(json.dumps(summary, indent=2, sort_keys=True))
-    return summary
+    return cli.run_incremental(
+        "features", options, lambda pipeline: build(pipeline, plan, config, opts, layout),
+        lambda result, elapsed_s: summarize(plan, config, cli.metric_counters(result, ft.APP), elapsed_s, layout,
+                                            largest_group_bytes(result)), render,
+        baseline_dir=opts.baseline_dir, summary_json=opts.summary_json, dry_run={"dry_run": True},
+        committed=lambda summary: [(plan.lake, ft.FEATURES, summary["commit"]["version"])]
+        if summary["commit"]["version"] is not None else [])
 
 
-def main(argv: list[str] | None = None) -> int:
-    cli.setup_logging()
-    logging.getLogger("apache_beam.typehints").setLevel(logging.WARNING)
-    summary = run(argv)
-    return 0 if summary.get("commit_matches_counts", True) else 1
+main = cli.entry_point(run, ok=lambda summary: summary.get("commit_matches_counts", True))
 
 
 if __name__ == "__main__":

@@ -36,88 +36,89 @@ KAFKA_BOOTSTRAP = "127.0.0.1:9092"
 READINGS_TOPIC = "sensor.readings"
 
 
+def option_group(title: str | None, *options: tuple[str, dict]) -> classmethod:
+    """The ``_add_argparse_args`` of a class of shared options: each ``(flag, add_argument keywords)``
+    of ``options``, in the argument group ``title`` (None: at the parser's top level)."""
+    def add_argparse_args(cls, parser):
+        target = parser.add_argument_group(title) if title else parser
+        for flag, kwargs in options:
+            target.add_argument(flag, **kwargs)
+    return classmethod(add_argparse_args)
+
+
 class LakeOptions(PipelineOptions):
-    @classmethod
-    def _add_argparse_args(cls, parser):
-        parser.add_argument("--lake", default=lake.DEFAULT_LAKE, help="lake root (local path or s3://, gs://, abfss://)")
+    _add_argparse_args = option_group(
+        None, ("--lake", dict(default=lake.DEFAULT_LAKE, help="lake root (local path or s3://, gs://, abfss://)")))
 
 
 class ModelsOptions(PipelineOptions):
-    @classmethod
-    def _add_argparse_args(cls, parser):
-        parser.add_argument("--models", default=DEFAULT_MODELS,
-                            help="model registry root: versions live in <models>/<name>/<version>/")
+    _add_argparse_args = option_group(
+        None, ("--models", dict(default=DEFAULT_MODELS,
+                                help="model registry root: versions live in <models>/<name>/<version>/")))
 
 
 class WindowSizeOptions(PipelineOptions):
-    @classmethod
-    def _add_argparse_args(cls, parser):
-        parser.add_argument("--window_size", default=MODEL_WINDOW,
-                            help="feature window size the models are trained on, score and are evaluated at")
+    _add_argparse_args = option_group(
+        None, ("--window_size", dict(default=MODEL_WINDOW,
+                                     help="feature window size the models are trained on, score and are evaluated at")))
 
 
 class KafkaOptions(PipelineOptions):
-    @classmethod
-    def _add_argparse_args(cls, parser):
-        g = parser.add_argument_group("kafka")
-        g.add_argument("--bootstrap_servers", default=KAFKA_BOOTSTRAP, help="Kafka bootstrap servers")
-        g.add_argument("--topic", default=READINGS_TOPIC, help="Kafka topic of the sensor readings")
+    _add_argparse_args = option_group(
+        "kafka",
+        ("--bootstrap_servers", dict(default=KAFKA_BOOTSTRAP, help="Kafka bootstrap servers")),
+        ("--topic", dict(default=READINGS_TOPIC, help="Kafka topic of the sensor readings")))
 
 
 class ShardsOptions(PipelineOptions):
     """No default here: each job gives its own (``option_defaults``), from its config."""
-
-    @classmethod
-    def _add_argparse_args(cls, parser):
-        parser.add_argument("--shards", type=int,
-                            help="device shards the job's per-device work is split into (parallelism; memory per "
-                                 "shard is about the rows read / shards)")
+    _add_argparse_args = option_group(
+        None, ("--shards", dict(type=int, help="device shards the job's per-device work is split into (parallelism; "
+                                               "memory per shard is about the rows read / shards)")))
 
 
 class InputVersionOptions(PipelineOptions):
-    @classmethod
-    def _add_argparse_args(cls, parser):
-        parser.add_argument("--upto_version", type=int, default=None,
-                            help="newest version of the input table to consume (cleanse: landing, features: clean; "
-                                 "None: the latest)")
+    _add_argparse_args = option_group(
+        None, ("--upto_version", dict(type=int, default=None,
+                                      help="newest version of the input table to consume (cleanse: landing, "
+                                           "features: clean; None: the latest)")))
 
 
 class ValidationOptions(PipelineOptions):
-    @classmethod
-    def _add_argparse_args(cls, parser):
-        g = parser.add_argument_group("validation")
-        g.add_argument("--tfdv_sample_rate", type=float, default=None,
-                       help="share of rows TFDV statistics are computed on (None: all rows)")
-        g.add_argument("--baseline_dir", default=None,
-                       help="TFDV statistics baselines for drift (<table>.pb); a missing baseline is created "
-                            "from the first run's output (None: <lake>/../baselines for a local lake)")
-        g.add_argument("--summary_json", default=None,
-                       help="also write the run's summary to this JSON file (None: only printed)")
+    _add_argparse_args = option_group(
+        "validation",
+        ("--tfdv_sample_rate", dict(type=float, default=None,
+                                    help="share of rows TFDV statistics are computed on (None: all rows)")),
+        ("--baseline_dir", dict(default=None,
+                                help="TFDV statistics baselines for drift (<table>.pb); a missing baseline is "
+                                     "created from the first run's output (None: <lake>/../baselines for a local "
+                                     "lake)")),
+        ("--summary_json", dict(default=None,
+                                help="also write the run's summary to this JSON file (None: only printed)")))
 
 
 class SpanOptions(PipelineOptions):
     """A span of a hot table, read at one version (Delta time travel): what a dataset is extracted from."""
-
-    @classmethod
-    def _add_argparse_args(cls, parser):
-        g = parser.add_argument_group("span")
-        g.add_argument("--start", default=None,
-                       help="inclusive start, ISO UTC: timestamp_ingested (raw) or window_start (features)")
-        g.add_argument("--end", default=None, help="exclusive end, ISO UTC (default: the start of today, UTC)")
-        g.add_argument("--as_of_version", type=int, default=None,
-                       help="hot-table Delta version to read (default: the latest when the run starts)")
-        g.add_argument("--as_of_timestamp", default=None,
-                       help="read the hot table as it was at this UTC time (Delta time travel)")
+    _add_argparse_args = option_group(
+        "span",
+        ("--start", dict(default=None,
+                         help="inclusive start, ISO UTC: timestamp_ingested (raw) or window_start (features)")),
+        ("--end", dict(default=None, help="exclusive end, ISO UTC (default: the start of today, UTC)")),
+        ("--as_of_version", dict(type=int, default=None,
+                                 help="hot-table Delta version to read (default: the latest when the run starts)")),
+        ("--as_of_timestamp", dict(default=None,
+                                   help="read the hot table as it was at this UTC time (Delta time travel)")))
 
 
 class HotWindowOptions(PipelineOptions):
-    @classmethod
-    def _add_argparse_args(cls, parser):
-        g = parser.add_argument_group("hot window")
-        g.add_argument("--hot_days", type=float, default=90.0,
-                       help="hot window: landing ingest_date partitions older than this many days move to the archive")
-        g.add_argument("--now", default=None,
-                       help="reference time of the hot window (and of retentions), ISO UTC (default: the current time)")
+    _add_argparse_args = option_group(
+        "hot window",
+        ("--hot_days", dict(type=float, default=90.0,
+                            help="hot window: landing ingest_date partitions older than this many days move to the "
+                                 "archive")),
+        ("--now", dict(default=None,
+                       help="reference time of the hot window (and of retentions), ISO UTC (default: the current "
+                            "time)")))
 
 
 class IncrementalJobOptions(LakeOptions, InputVersionOptions, ShardsOptions, ValidationOptions, PipelineOptions):

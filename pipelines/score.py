@@ -57,7 +57,7 @@ from pipelines import cli
 from pipelines.options import JoinVersions, LakeOptions, ModelsOptions, WindowSizeOptions, parse_model_versions
 from transforms import delta
 from core import lake
-from core.windows import parse_window_sizes
+from core.windows import parse_window_size
 from transforms.arrow import ReadParquetChunks, SideTable
 from transforms.scoring import (APP, MODEL_ALERT_RULE, IncidentPolicy, ModelRef, ScoreWindows, ensemble_version,
                                 incident_rows)
@@ -68,7 +68,7 @@ log = logging.getLogger("score")
 
 
 def window_seconds(window_size: str) -> float:
-    return float(parse_window_sizes(window_size)[0].seconds)
+    return float(parse_window_size(window_size).seconds)
 
 
 @dataclass
@@ -249,7 +249,10 @@ def alert_files_in_span(lake_root: str, span: tuple[dt.datetime, dt.datetime] | 
         return []
     adds = alerts.get_add_actions(flatten=True).to_pydict()
     n = len(adds["path"])
-    col = lambda name: adds.get(name) or [None] * n  # noqa: E731 - a file written without stats
+
+    def col(name: str) -> list:
+        return adds.get(name) or [None] * n          # a file written without stats
+
     root = lake.table_uri(lake_root, "alerts")
     lo, hi = span
     return sorted(f"{root}/{path}" for path, t_lo, t_hi, r_lo, r_hi in zip(

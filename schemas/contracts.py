@@ -1,7 +1,7 @@
 """Data contracts (DESIGN sections 2 and 3) as pyarrow schemas: the single source of truth.
 
-The Beam row types (:mod:`transforms.rows`) and the TFDV schema files (``schemas/tfdv/*.pbtxt``,
-written by ``python -m schemas.generate_tfdv``) are derived from these definitions.
+The TFDV schema files (``schemas/tfdv/*.pbtxt``, written by ``python -m schemas.generate_tfdv``) are
+derived from these definitions.
 """
 from __future__ import annotations
 

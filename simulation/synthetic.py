@@ -17,13 +17,13 @@ from simulation import generator
 from simulation.incidents import PlanConfig, plan_incidents
 from schemas import contracts
 from schemas.sensors import SENSOR_TYPES
-
-WINDOW_SECONDS = {"15m": 900, "1h": 3600, "1d": 86400}
+from core.windows import MODEL_WINDOW, parse_window_size
 
 
 def features(devices, incidents, start: dt.datetime, end: dt.datetime, interval_s: float, seed: int,
-             window_size: str = "1h", computed_at: dt.datetime | None = None) -> pa.Table:
-    w = WINDOW_SECONDS[window_size]
+             window_size: str = MODEL_WINDOW, computed_at: dt.datetime | None = None) -> pa.Table:
+    size = parse_window_size(window_size)
+    w = size.seconds
     grid = generator.sampling_grid(devices, start, end, interval_s)
     values = generator.normal_values(devices, grid, seed)
     generator.apply_failures(values, devices, grid, incidents, seed)
@@ -64,7 +64,7 @@ def features(devices, incidents, start: dt.datetime, end: dt.datetime, interval_
     ends = pa.array(((ws + w) * 1e6).astype(np.int64)).cast(contracts.UTC_TS)
     n = len(uniq)
     data = {"device_id": pa.array([devices[i].device_id for i in dev], pa.string()),
-            "window_size": pa.array([window_size] * n, pa.string()),
+            "window_size": pa.array([size.label] * n, pa.string()),
             "window_start": starts, "window_end": ends}
     data.update({c: pa.array(cols[c]) for c in contracts.feature_columns()})
     data["computed_at"] = pa.array([computed_at or end] * n, contracts.UTC_TS)
@@ -73,7 +73,7 @@ def features(devices, incidents, start: dt.datetime, end: dt.datetime, interval_
 
 
 def fleet_features(n_devices: int, start: dt.datetime, days: float, seed: int = 7, interval_s: float = 60.0,
-                   window_size: str = "1h", gradual_fraction: float = 0.05, acute_fraction: float = 0.05,
+                   window_size: str = MODEL_WINDOW, gradual_fraction: float = 0.05, acute_fraction: float = 0.05,
                    healthy_days: float = 0.0):
     """(features, incidents as ground-truth dicts) of a simulated fleet with failures, no data faults.
     Failures are placed after the first ``healthy_days`` (a healthy history to train on)."""

@@ -187,3 +187,36 @@ def test_vibration_baseline_in_30_minute_buckets_is_close_to_the_per_minute_aver
         worst = max(worst, abs(coarse - exact))
     assert worst <= bound, (worst, bound)
     assert worst > 0                                   # the two do differ: the bound is what's tested
+
+
+def test_rules_on_one_sensor_share_its_history(monkeypatch):
+    """A second rule on a sensor keeps no second copy of its history: the state per device does not grow
+    with the number of rules, and each rule still sees the whole history it needs."""
+    from core import acute_rules
+
+    class PressureDropAgain(acute_rules.PressureDrop):
+        name = "PRESSURE_DROP_AGAIN"
+
+    devices = [f"dev-{k:05d}" for k in range(3)]
+
+    def after(rules):
+        monkeypatch.setattr(acute_rules, "RULES", rules)
+        store, alerts = Store(MemoryCells()), []
+        for minute in range(12):
+            batch = ticks(devices, minute * 60.0, 6)
+            if minute == 9:             # a suction pressure drop on every device
+                batch.value[batch.sensor == "suction_pressure"] *= 0.5
+            new, fired, _ = run(store, batch)
+            alerts += fired
+        return store.lookup(np.array(devices, object)), alerts
+
+    one, alerts_one = after(acute_rules.RULES)
+    two, alerts_two = after(acute_rules.RULES + (PressureDropAgain(),))
+    assert {k: v.tolist() for k, v in one.hist.items()} == {k: v.tolist() for k, v in two.hist.items()}
+    assert len(encode(two)) - len(encode(one)) < 200          # only the second rule's own alerts
+    assert [a for a in alerts_two if a["rule"] != "PRESSURE_DROP_AGAIN"] == alerts_one
+    drops = [a for a in alerts_one if a["rule"] == "PRESSURE_DROP"]
+    again = [a for a in alerts_two if a["rule"] == "PRESSURE_DROP_AGAIN"]
+    assert len(drops) == len(devices)
+    assert [(a["device_id"], a["event_id"], a["value"], a["context"]) for a in again] == \
+        [(a["device_id"], a["event_id"], a["value"], a["context"]) for a in drops]

@@ -4,17 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import apache_beam as beam
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pytest
-from apache_beam.utils.timestamp import Timestamp
 
 from simulation import fleet as fleet_mod
 from simulation import generator, wire
 from schemas import contracts, generate_tfdv
-from transforms import rows, validation
+from transforms import validation
 from tests.helpers import run_simulator
 from core import lake as lake_io
 
@@ -99,15 +97,3 @@ def test_drift_against_a_stored_baseline(sample, tmp_path):
     report = validation.validate("raw_sensor_readings", [hotter], baseline=baseline)
     assert report.drift and {a.kind for a in report.anomalies} == {"drift"}
     assert "value__suction_pressure" in {a.feature for a in report.drift}
-
-
-def test_beam_row_types_round_trip_through_row_coder():
-    alert = rows.Alert(alert_id="a1", device_id="dev-00001", rule="CURRENT_SPIKE", severity="CRITICAL",
-                       event_time=Timestamp.of(1795000000.25), detected_at=Timestamp.of(1795000001),
-                       value=30.0, threshold=27.0, context="{}", event_id=None)
-    coder = beam.coders.registry.get_coder(rows.Alert)
-    assert isinstance(coder, beam.coders.RowCoder)
-    assert coder.decode(coder.encode(alert)) == alert
-    for name, table in contracts.TABLES.items():
-        if table.format != "kafka":
-            assert [f.name for f in table.schema] == list(rows.row_type(f"T_{name}", table.schema)._fields)

@@ -80,6 +80,12 @@ def test_window_sizes_option():
     for bad in ("15", "0m", "15 minutes", ""):
         with pytest.raises(ValueError):
             ft.parse_window_sizes(bad)
+    from core.windows import MODEL_WINDOW, parse_window_size
+    assert parse_window_size("60m").seconds == 3600 and parse_window_size(MODEL_WINDOW).label == MODEL_WINDOW
+    assert parse_window_size(MODEL_WINDOW) in ft.FeaturesConfig.sizes       # the features job computes it
+    for bad in ("15m,1h", "1h,", "0m", ""):
+        with pytest.raises(ValueError):
+            parse_window_size(bad)
 
 
 def test_first_run_computes_only_closed_windows(runs):

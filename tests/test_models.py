@@ -25,6 +25,7 @@ from simulation import synthetic
 from models.features import MODEL_FEATURES, DeviceBaseline, matrix
 from models.handlers import BASELINE_FILE, KERAS_FILE, SKLEARN_FILE, KerasModelHandlerNumpy, VerifiedSklearnModelHandler
 from pipelines.train import TrainParams, train
+from core.windows import MODEL_WINDOW
 
 UTC = dt.timezone.utc
 START = dt.datetime(2026, 10, 1, tzinfo=UTC)
@@ -155,7 +156,7 @@ def test_metadata_and_thresholds(trained):
     _, versions = trained
     for name, v in versions.items():
         meta = registry.load(v.path.parent.parent, name).metadata
-        assert meta["version"] == "v0001" and meta["window_size"] == "1h"
+        assert meta["version"] == "v0001" and meta["window_size"] == MODEL_WINDOW
         assert set(meta["files"]) == {BASELINE_FILE, KERAS_FILE if name == "autoencoder" else SKLEARN_FILE}
         assert meta["training_data"] == {"dataset_id": "fixture"}
         assert 0 <= meta["metrics"]["train_flag_rate"] <= 0.01, meta["metrics"]

@@ -16,6 +16,7 @@ from models.handlers import SKLEARN_FILE
 from pipelines import score as score_pipeline
 from pipelines.train import TrainParams, train
 from core import lake as lake_io
+from core.windows import MODEL_WINDOW
 
 UTC = dt.timezone.utc
 START = dt.datetime(2026, 10, 1, tzinfo=UTC)
@@ -85,7 +86,7 @@ def test_scores_alerts_and_idempotent_rerun(scoring_lake, models_root, fleet):
     assert context["model_versions"]["autoencoder"] == "v0001" and context["top_features"]
     assert len(set(alerts["alert_id"].to_pylist())) == alerts.num_rows
     # one commit per table, with the consumed features range
-    assert lake_io.last_inputs(lake, "scores", "score.1h")["features"] == [None, 0]
+    assert lake_io.last_inputs(lake, "scores", f"score.{MODEL_WINDOW}")["features"] == [None, 0]
     versions_before = {t: lake_io.open_table(lake, t).version() for t in ("scores", "alerts")}
     # rerun: nothing new, tables unchanged
     assert _score(lake, models_root).get("nothing_to_do")
@@ -131,7 +132,7 @@ def test_crash_between_commits_completes_the_lagging_table(scoring_lake, models_
     assert summary["tables"] == ["alerts"]
     assert lake_io.open_table(lake, "scores").version() == scores_version
     assert lake_io.read(lake, "alerts").num_rows > 0
-    assert lake_io.last_inputs(lake, "alerts", "score.1h") == lake_io.last_inputs(lake, "scores", "score.1h")
+    assert lake_io.last_inputs(lake, "alerts", f"score.{MODEL_WINDOW}") == lake_io.last_inputs(lake, "scores", f"score.{MODEL_WINDOW}")
     assert _score(lake, models_root).get("nothing_to_do")
 
 
@@ -192,7 +193,7 @@ def test_model_alert_dedup_reads_only_the_scored_span(scoring_lake, models_root,
     old = dict(written.to_pylist()[0], alert_id="old-alert", event_time=START - dt.timedelta(days=60))
     lake_io.append(lake, "alerts", pa.Table.from_pylist([old], schema=contracts.ALERTS))
     assert len(score_pipeline.alert_files_in_span(lake, score_pipeline.scored_span(
-        score_pipeline.plan_run(lake, models_root, "1h").files))) == 0       # nothing new to score yet
+        score_pipeline.plan_run(lake, models_root, MODEL_WINDOW).files))) == 0       # nothing new to score yet
     # the same windows again as a new features version: scored again, alerts deduplicated
     lake_io.append(lake, "features", _between(fleet[0], SPLIT, MIDDLE))
     second = _score(lake, models_root)
@@ -239,7 +240,7 @@ def test_rescore_with_a_second_version_adds_rows_and_changes_none(scoring_lake, 
     keys = score_pipeline.score_key(after).to_pylist()
     assert len(set(keys)) == len(keys)
     assert lake_io.read(lake, "alerts").num_rows == alerts_before.num_rows
-    assert lake_io.last_inputs(lake, "scores", "score.1h")["features"] == first["features_versions"]
+    assert lake_io.last_inputs(lake, "scores", f"score.{MODEL_WINDOW}")["features"] == first["features_versions"]
     # reruns: nothing new for the challenger nor for the regular runs
     assert _score(lake, str(root), "--rescore", "--model_version", "statistical=v0002").get("nothing_to_do")
     assert _score(lake, str(root), "--model_versions", "statistical=v0001").get("nothing_to_do")

@@ -240,6 +240,8 @@ class _RulesFn(beam.DoFn):
                 evict_at.write(when)
 
 
+@beam.typehints.with_input_types(pa.Table)
+@beam.typehints.with_output_types(typing.Dict[str, typing.Any])
 class AcuteRules(beam.PTransform):
     """PCollection of decoded landing rows (Arrow) -> PCollection of CRITICAL alert dicts."""
 

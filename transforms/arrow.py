@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator, Tuple
 
 import apache_beam as beam
 import numpy as np
@@ -127,9 +127,12 @@ class ChunkTables(beam.PTransform):
     def __init__(self, site: str, bound: ChunkBound = DEFAULT_BOUND, keyed: bool = False):
         super().__init__()
         self._site, self._bound, self._keyed = site, bound, keyed
+        self._element = Tuple[Any, pa.Table] if keyed else pa.Table
+        self.with_input_types(self._element).with_output_types(self._element)
 
     def expand(self, pcoll):
-        return pcoll | beam.ParDo(_Chunk(self._site, self._bound, self._keyed))
+        return pcoll | beam.ParDo(_Chunk(self._site, self._bound, self._keyed)).with_input_types(
+            self._element).with_output_types(self._element)
 
 
 class Gather(beam.PTransform):
@@ -165,6 +168,8 @@ class SideTable:
 
 # --- bounded Parquet reading ------------------------------------------------------------------
 
+@beam.typehints.with_input_types(str)
+@beam.typehints.with_output_types(Tuple[str, int])
 class _RowGroups(beam.DoFn):
     def process(self, uri: str):
         import pyarrow.parquet as pq
@@ -202,9 +207,12 @@ class ReadParquetChunks(beam.PTransform):
                  bound: ChunkBound = DEFAULT_BOUND, site: str = "parquet_read"):
         super().__init__()
         self._columns, self._with_filename, self._bound, self._site = columns, with_filename, bound, site
+        self._output = Tuple[str, pa.Table] if with_filename else pa.Table
+        self.with_input_types(str).with_output_types(self._output)
 
     def expand(self, uris):
         return (uris
                 | "RowGroups" >> beam.ParDo(_RowGroups())
                 | "Spread" >> beam.Reshuffle()
-                | "Read" >> beam.ParDo(_ReadRowGroup(self._columns, self._bound, self._with_filename, self._site)))
+                | "Read" >> beam.ParDo(_ReadRowGroup(self._columns, self._bound, self._with_filename, self._site))
+                .with_input_types(Tuple[str, int]).with_output_types(self._output))

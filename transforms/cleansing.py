@@ -575,7 +575,10 @@ def _snapshot_changes(lake_root: str, version: int) -> lake.VersionChanges:
     except Exception as exc:  # noqa: BLE001 - delta-rs cannot time-travel into a cleaned log
         raise lake.cleaned_up(LANDING, version, exc) from exc
     root = lake.table_uri(lake_root, LANDING) + "/"
-    change = lambda f: lake.FileChange(f.uri.removeprefix(root), f.partition_values, True)  # noqa: E731
+
+    def change(f) -> lake.FileChange:
+        return lake.FileChange(f.uri.removeprefix(root), f.partition_values, True)
+
     return lake.VersionChanges(version, None, tuple(change(now[u]) for u in sorted(now.keys() - before.keys())),
                                tuple(change(before[u]) for u in sorted(before.keys() - now.keys())))
 

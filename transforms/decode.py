@@ -19,6 +19,7 @@ import datetime as dt
 import json
 import math
 import re
+import typing
 from dataclasses import dataclass
 from enum import Enum
 from typing import Iterable, NamedTuple
@@ -398,6 +399,8 @@ def deadletter_table(dead: list[tuple[KafkaMessage, Rejected]], now: dt.datetime
     }, schema=contracts.DEADLETTER)
 
 
+@beam.typehints.with_input_types(typing.List[KafkaMessage])
+@beam.typehints.with_output_types(Decoded)
 class DecodeMessages(beam.PTransform):
     """PCollection[list[KafkaMessage]] -> PCollection[Decoded], with counters per stage and reason and
     of the messages that took the per-reading path."""
@@ -406,6 +409,8 @@ class DecodeMessages(beam.PTransform):
         return batches | "Decode" >> beam.ParDo(_DecodeFn())
 
 
+@beam.typehints.with_input_types(typing.List[KafkaMessage])
+@beam.typehints.with_output_types(Decoded)
 class _DecodeFn(beam.DoFn):
     def __init__(self):
         self.messages = Metrics.counter("decode", "messages")

@@ -213,6 +213,8 @@ class _Commit(beam.DoFn):
         yield version
 
 
+@beam.typehints.with_input_types(pa.Table)
+@beam.typehints.with_output_types(int)
 class WriteDelta(beam.PTransform):
     """Writes a bounded PCollection of Arrow tables to a Delta table in ONE commit.
 

@@ -395,7 +395,10 @@ def make_spec(lake_root: str, kind: str, start: str, end: str | None = None, dev
               shards_per_day: int = 1, archive_slack_days: int = 30, spans: str | None = None) -> ExtractSpec:
     """An ExtractSpec from command-line style values, with the hot table's version (and the
     per-device spans of a ``spans`` file) resolved."""
-    split = lambda s: tuple(sorted({x.strip() for x in (s or "").split(",") if x.strip()}))  # noqa: E731
+    def split(text: str | None) -> tuple[str, ...]:
+        """A comma list -> its distinct items, sorted."""
+        return tuple(sorted({x.strip() for x in (text or "").split(",") if x.strip()}))
+
     resolved = None
     if spans:
         if start or end:

@@ -66,7 +66,7 @@ from transforms import delta
 from core import lake
 from transforms.arrow import DEFAULT_BOUND, ChunkBound, ChunkTables, ElementSizes, Gather, ReadParquetChunks
 from core.arrays import to_numpy
-from core.windows import WindowSize, parse_window_sizes
+from core.windows import MODEL_WINDOW, WindowSize, parse_window_sizes
 from transforms.arrow import SideTable, chunks
 from transforms.cleansing import BAD, CLEAN, GOOD, SUSPECT, files_overlapping, shard_of
 
@@ -89,7 +89,7 @@ EXPECTED_SLACK = 0.05      # of one sampling interval
 
 @dataclass(frozen=True)
 class FeaturesConfig:
-    sizes: tuple[WindowSize, ...] = parse_window_sizes("15m,1h,1d")
+    sizes: tuple[WindowSize, ...] = parse_window_sizes(f"15m,{MODEL_WINDOW},1d")   # always the model window
     default_interval_s: float = 60.0
     shards: int = 8                          # fewest device shards (more when the run's volume needs them)
     chunk: ChunkBound = DEFAULT_BOUND        # most rows/bytes of one table element crossing a shuffle

@@ -17,6 +17,7 @@ import hashlib
 import json
 import logging
 import time
+import typing
 from dataclasses import dataclass, field
 
 import apache_beam as beam
@@ -228,6 +229,7 @@ def intervals(interval_s: float) -> beam.WindowInto:
                            allowed_lateness=LATE_DATA_S, accumulation_mode=trigger.AccumulationMode.DISCARDING)
 
 
+@beam.typehints.with_input_types(Decoded)
 class LandDecoded(beam.PTransform):
     """Windowed PCollection[Decoded] -> one landing + dead-letter commit per interval."""
 
@@ -389,6 +391,7 @@ class _PublishAlertsFn(beam.DoFn):
         self._producer.flush(30)    # best effort: every bundle already flushed its alerts
 
 
+@beam.typehints.with_input_types(typing.Dict[str, typing.Any])
 class SinkAlerts(beam.PTransform):
     """Alerts -> Kafka (immediately, if a producer config is given) and the alerts table (per interval)."""
 

@@ -54,7 +54,9 @@ def read_trace(lake_root: str, r: dict, truth: list[dict], alerts: pl.DataFrame)
     table = lake.open_table(lake_root, CLEAN)
     data = pl.DataFrame()
     if table is not None:
-        ts = lambda d: pa.scalar(d, contracts.UTC_TS)  # noqa: E731
+        def ts(d):
+            return pa.scalar(d, contracts.UTC_TS)
+
         expr = ((pads.field("device_id") == r["device_id"]) & pads.field("sensor_type").isin(sensors)
                 & (pads.field("date") >= pa.scalar(lo.date(), pa.date32()))
                 & (pads.field("date") <= pa.scalar(hi.date(), pa.date32()))
