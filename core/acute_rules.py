@@ -477,20 +477,25 @@ class Evaluation:
 
 class Rule:
     """One acute rule. `window_field`: the Thresholds field of the raw history its sensor needs behind
-    a reading (None: the rule keeps its own state, like vibration's buckets). `evaluate(series, p)`:
-    condition, value, threshold and context for the rows to evaluate; p holds thresholds per device
-    (segment)."""
+    a reading (None: none, only the reorder slack; a rule on the reading alone). `keeps_buckets`: the
+    rule keeps the per-bucket sums of the engine's bucket path instead (vibration's 24 h average).
+    `evaluate(series, p)`: condition, value, threshold and context for the rows to evaluate; p holds
+    thresholds per device (segment)."""
     name: ClassVar[str]
     config_key: ClassVar[str]
     sensor: ClassVar[str]
     window_field: ClassVar[str | None] = None
+    keeps_buckets: ClassVar[bool] = False
 
     def window_us(self, th: Thresholds) -> int | None:
-        return None if self.window_field is None else getattr(th, self.window_field)
+        """Raw history behind the newest reading (None: the rule keeps no raw history)."""
+        if self.keeps_buckets:
+            return None
+        return getattr(th, self.window_field) if self.window_field else 0
 
     def window(self, p: Params) -> np.ndarray:
         """window_us per device (segment)."""
-        return p[self.window_field]
+        return p[self.window_field] if self.window_field else np.zeros(len(p.suppression_us), np.int64)
 
     def evaluate(self, s: Series, p: Params) -> Evaluation | None:
         raise NotImplementedError
@@ -568,7 +573,7 @@ def _pref(grid: np.ndarray, s: Series, d: np.ndarray, pos: np.ndarray) -> np.nda
 
 class VibrationSurge(Rule):
     name, config_key, sensor = "VIBRATION_SURGE", "vibration_surge", "vibration"
-    window_field = None             # keeps buckets, not raw history
+    keeps_buckets = True            # sums and counts per bucket, not raw history
 
     def evaluate(self, s, p):       # s: new rows sorted by (dev, t); s.buckets set by the engine
         raise NotImplementedError("evaluated by the engine's bucket path")
@@ -784,7 +789,7 @@ def evaluate(states: DeviceStates, batch: Batch, config: RuleConfig, detected_at
     eids = np.concatenate([states.hist["eid"], eid])
     hist_rows = {**states.hist, "eid": np.arange(len(states.hist["t"]))}
     # one history per sensor, merged once and kept for the longest window of the rules that watch it
-    windowed = [r for r in RULES if r.window_field is not None]
+    windowed = [r for r in RULES if not r.keeps_buckets]
     series_of: dict[str, Series | None] = {}
     for name in dict.fromkeys(r.sensor for r in windowed):
         rows = np.flatnonzero(keep & (sensor == name))
@@ -800,7 +805,7 @@ def evaluate(states: DeviceStates, batch: Batch, config: RuleConfig, detected_at
         hist_parts.append(kept_hist)
     for rule_code, rule in enumerate(RULES):
         rule_fires = _rule_rows(states.fires, rule_code)
-        if rule.window_field is None:
+        if rule.keeps_buckets:
             rows = np.flatnonzero(keep & (sensor == rule.sensor))
             evaluation, ev_dev, ev_t, ev_eid, vib_state = _vibration(states, dev[rows], t[rows], value[rows],
                                                                     eid[rows], p, ndev)

@@ -118,6 +118,10 @@ def test_columnar_engine_fires_exactly_what_the_reference_fires(seed, n_devices,
     batches = [[readings[i] for i in b] for b in batches if len(b)]
     ref_alerts, ref_counts = run_reference(batches)
     new_alerts, new_counts = run_columnar(batches)
+    # the reference knows DESIGN's rules; alerts (and their counts) of a rule added since are not its business
+    new_alerts = [a for a in new_alerts if a["rule"] in ref.RULES]
+    new_counts = Counter({k: v for k, v in new_counts.items()
+                          if not k.startswith("alerts_") or k[len("alerts_"):] in ref.RULES})
     assert key(new_alerts) == key(ref_alerts)
     assert new_counts == ref_counts
 
