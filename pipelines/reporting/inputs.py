@@ -25,8 +25,6 @@ from core.windows import MODEL_WINDOW
 LANDING, CLEAN, QUARANTINE = "raw_sensor_readings", "clean_sensor_readings", "quarantine"
 
 
-
-
 def read_frame(lake_root: str, table: str, columns: list[str], version: int | None = None) -> pl.DataFrame:
     return pl.from_arrow(lake.read(lake_root, table, version, columns=columns))
 
